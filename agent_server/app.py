@@ -1,0 +1,130 @@
+"""Assemble the Starlette app: settings in, lifespan-owned state, routes, JSON errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agent_server.chat_model import load_chat_model
+from agent_server.graphs import UnknownGraphError, load_graphs
+from agent_server.pacing import Pacer
+from agent_server.routes import routes
+from agent_server.runs import RunManager
+from agent_server.schemas import RequestError, error_response, validation_error_response
+from agent_server.settings import Settings
+from agent_server.state import AppState
+from agent_server.tools import ToolRegistry
+
+logger = logging.getLogger("agent_server")
+
+
+@asynccontextmanager
+async def open_state(
+    settings: Settings, *, tools: ToolRegistry | None = None
+) -> AsyncIterator[AppState]:
+    """Everything a server (or an in-process run) needs, closed again on exit."""
+    async with AsyncExitStack() as stack:
+        checkpointer: BaseCheckpointSaver[Any]
+        if settings.checkpoint_in_memory:
+            checkpointer = InMemorySaver()
+        else:
+            path = Path(settings.database_url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            checkpointer = await stack.enter_async_context(
+                AsyncSqliteSaver.from_conn_string(str(path))
+            )
+        if tools is None:
+            tools = ToolRegistry.from_sources(
+                settings.tools_dir, entry_point_group=settings.tools_entry_point_group
+            )
+        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        model = load_chat_model(settings.model, api_key=api_key, base_url=settings.openai_base_url)
+        graphs = await load_graphs(
+            settings.graphs,
+            base_dir=Path.cwd(),
+            tools=tools,
+            model=model,
+            settings=settings,
+            checkpointer=checkpointer,
+        )
+        runs = RunManager()
+        try:
+            yield AppState(
+                settings=settings,
+                tools=tools,
+                graphs=graphs,
+                runs=runs,
+                checkpointer=checkpointer,
+                model=model,
+                pacer=Pacer(settings.flush_interval, settings.flush_interval_max),
+            )
+        finally:
+            await runs.shutdown()
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return exc.response()
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    return validation_error_response(exc)
+
+
+async def _unknown_graph(request: Request, exc: Exception) -> Response:
+    return error_response(404, "graph_not_found", str(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None = None) -> Starlette:
+    """The ASGI app. ``tools`` lets an embedding program share its own tool registry."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_state(settings, tools=tools) as state:
+            app.state.agent_server = state
+            for error in [*state.tools.errors, *state.graphs.errors]:
+                logger.warning("plugin skipped: %s: %s", error.source, error.error)
+            logger.info(
+                "agent-server ready: graphs %s, %d tools, model %s",
+                ", ".join(state.graphs.names()) or "(none)",
+                len(state.tools),
+                settings.model,
+            )
+            yield
+
+    return Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            RequestError: _request_error,
+            ValidationError: _validation_error,
+            UnknownGraphError: _unknown_graph,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+    )

@@ -1,0 +1,186 @@
+"""``agent-server``: serve, run a graph in the terminal, list graphs and tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent_server.console import ConsoleRenderer
+from agent_server.settings import Settings, parse_graph_specs
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--graph",
+        action="append",
+        default=[],
+        metavar="NAME=REF",
+        help="register a graph (repeatable); REF is path/file.py:attr or pkg.module:attr",
+    )
+    parser.add_argument("--tools-dir", type=Path, help="directory scanned for tool plugins")
+    parser.add_argument("--model", help="'scripted' (offline default) or 'openai:<model>'")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-server", description="Run LangGraph agents and stream what they do."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="start the HTTP server")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--reload", action="store_true", help="restart on code changes")
+    serve.add_argument("--log-level", help="uvicorn log level (default info)")
+    _common(serve)
+
+    run = commands.add_parser("run", help="run a graph once and stream its frames here")
+    run.add_argument("graph_name", metavar="GRAPH", help="name of a registered graph")
+    run.add_argument("message", help="the user message")
+    run.add_argument("--thread", help="thread id, to continue a conversation")
+    run.add_argument("--json", action="store_true", help="print one JSON frame per line")
+    _common(run)
+
+    graphs = commands.add_parser("graphs", help="list the registered graphs")
+    _common(graphs)
+    tools = commands.add_parser("tools", help="list the registered tools")
+    _common(tools)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for flag in ("host", "port", "tools_dir", "model", "log_level"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[flag] = value
+    if args.graph:
+        overrides["graphs"] = parse_graph_specs(args.graph)
+    return Settings(**overrides)
+
+
+# A run allocates a few hundred short-lived objects per token, while the server holds
+# many long-lived ones (loaded graphs, run logs); with the default threshold (700) the
+# collector rescans them so often that it doubled the per-token cost of 20 concurrent
+# streams (docs/performance.md). The server owns its process, so it tunes the collector.
+GC_THRESHOLDS = (50_000, 20, 50)
+
+
+def _serve(settings: Settings, reload: bool) -> int:
+    import uvicorn
+
+    gc.set_threshold(*GC_THRESHOLDS)
+
+    print(f"agent-server on http://{settings.host}:{settings.port}/", flush=True)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "loop": "uvloop",
+        "http": "httptools",
+        "timeout_graceful_shutdown": 10,
+    }
+    if reload:
+        # The reloader imports the app in a fresh process: hand the settings over by env.
+        env = settings.model_dump(mode="json", exclude={"openai_api_key", "openai_base_url"})
+        for key, value in env.items():
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            os.environ[f"AGENT_SERVER_{key.upper()}"] = text
+        uvicorn.run("agent_server.app:create_app", factory=True, reload=True, **options)
+    else:
+        from agent_server.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+    return 0
+
+
+async def _run(
+    settings: Settings, graph: str, message: str, thread: str | None, as_json: bool
+) -> int:
+    from agent_server.app import open_state
+    from agent_server.runs import Run
+
+    async with open_state(settings) as state:
+        if graph not in state.graphs:
+            known = ", ".join(state.graphs.names()) or "none"
+            print(f"agent-server: unknown graph {graph!r} (available: {known})", file=sys.stderr)
+            return 2
+        run = Run(
+            graph=state.graphs.get(graph),
+            input={"messages": [{"role": "user", "content": message}]},
+            thread_id=thread or str(uuid.uuid4()),
+        )
+        state.runs.start(run)
+        renderer = ConsoleRenderer(sys.stdout)
+        failed = False
+        async for batch in run.follow():
+            for entry in batch:
+                failed = failed or entry.frame.type == "error"
+                if as_json:
+                    sys.stdout.write(entry.data.decode() + "\n")
+                else:
+                    renderer.write(entry.frame)
+        sys.stdout.flush()
+        return 1 if failed else 0
+
+
+async def _list(settings: Settings, what: str) -> int:
+    from agent_server.tools import ToolRegistry
+
+    tools = ToolRegistry.from_sources(
+        settings.tools_dir, entry_point_group=settings.tools_entry_point_group
+    )
+    if what == "tools":
+        for tool in tools.describe():
+            summary = (tool["description"] or "").strip().splitlines()
+            print(f"{tool['name']}: {summary[0] if summary else ''}")
+        errors = tools.errors
+    else:
+        from agent_server.app import open_state
+
+        async with open_state(
+            settings.model_copy(update={"database_url": "memory://"}), tools=tools
+        ) as state:
+            for entry in state.graphs:
+                print(
+                    f"{entry.name}: {entry.ref}"
+                    + (f" ({entry.description})" if entry.description else "")
+                )
+            errors = [*state.graphs.errors]
+    for error in errors:
+        print(f"skipped {error.source}: {error.error}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        print(f"agent-server: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return _serve(settings, args.reload)
+    try:
+        if args.command == "run":
+            return asyncio.run(
+                _run(settings, args.graph_name, args.message, args.thread, args.json)
+            )
+        return asyncio.run(_list(settings, args.command))
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as Unix tools do
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

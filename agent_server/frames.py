@@ -1,0 +1,163 @@
+"""The wire protocol, version 1: every frame a run produces, defined once.
+
+Every transport (SSE, WebSocket, the in-process stream) and every adapter serialises
+from these models, and each frame is serialised once: :func:`encode` produces the JSON
+bytes that every consumer of the frame receives.
+
+Decisions worth knowing before changing anything here:
+
+- ``seq`` counts 1, 2, 3... per run with no gaps; clients resume from it.
+- ``ts`` is milliseconds since the Unix epoch (an integer), so ``new Date(frame.ts)``
+  works in a browser.
+- A run's frames start with ``run_start`` and end with exactly one terminal frame:
+  ``done`` (the run finished, possibly waiting on an ``interrupt``) or ``error``.
+- Payload fields typed ``Any`` (tool inputs and outputs, custom data, interrupt values)
+  hold the objects the graph produced; :func:`encode` makes them JSON-safe lazily
+  through orjson's ``default`` hook (messages, Documents, pydantic models, dataclasses,
+  bytes, sets...), so the common case of strings and dicts costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class BaseFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    run_id: str
+    seq: int = Field(ge=1)
+    ts: int
+
+
+class RunStart(BaseFrame):
+    type: Literal["run_start"] = "run_start"
+    graph: str
+    thread_id: str | None = None
+
+
+class Token(BaseFrame):
+    type: Literal["token"] = "token"
+    content: str
+    message_id: str | None = None
+    node: str | None = None
+    namespace: list[str] = Field(default_factory=list)
+
+
+class ToolStart(BaseFrame):
+    type: Literal["tool_start"] = "tool_start"
+    tool_call_id: str | None = None
+    name: str
+    input: Any = None
+    node: str | None = None
+    namespace: list[str] = Field(default_factory=list)
+
+
+class ToolEnd(BaseFrame):
+    type: Literal["tool_end"] = "tool_end"
+    tool_call_id: str | None = None
+    name: str
+    output: Any = None
+    duration_ms: float | None = None
+
+
+class ToolError(BaseFrame):
+    type: Literal["tool_error"] = "tool_error"
+    tool_call_id: str | None = None
+    name: str
+    error: str
+    duration_ms: float | None = None
+
+
+class Custom(BaseFrame):
+    type: Literal["custom"] = "custom"
+    name: str
+    data: Any = None
+
+
+class Interrupt(BaseFrame):
+    type: Literal["interrupt"] = "interrupt"
+    value: Any = None
+    resumable: bool
+    interrupt_id: str | None = None
+
+
+class Error(BaseFrame):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Done(BaseFrame):
+    type: Literal["done"] = "done"
+    usage: Usage = Field(default_factory=Usage)
+    duration_ms: float
+
+
+Frame = Annotated[
+    RunStart | Token | ToolStart | ToolEnd | ToolError | Custom | Interrupt | Error | Done,
+    Field(discriminator="type"),
+]
+FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
+TERMINAL_TYPES = frozenset({"done", "error"})
+
+
+def parse_frame(data: bytes | str | Mapping[str, Any]) -> Frame:
+    """Validate a received frame (JSON text or a dict) into its model."""
+    if isinstance(data, Mapping):
+        return FRAME_ADAPTER.validate_python(data)
+    return FRAME_ADAPTER.validate_json(data)
+
+
+def _json_default(obj: Any) -> Any:
+    """orjson's fallback for what the graph hands us: make it JSON-safe, never fail."""
+    if isinstance(obj, BaseModel):
+        # LangChain messages and Documents are pydantic models too.
+        return obj.model_dump(mode="json", exclude_none=True)
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return {"type": "bytes", "base64": base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Exception):
+        return f"{type(obj).__name__}: {obj}"
+    to_json = getattr(obj, "to_json", None)
+    if callable(to_json):
+        return to_json()
+    return repr(obj)
+
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON bytes for any value a frame may carry (see :func:`_json_default`)."""
+    return orjson.dumps(obj, default=_json_default, option=_OPTIONS)
+
+
+def encode(frame: BaseFrame) -> bytes:
+    """Serialise a frame once; the returned bytes are shared by every consumer."""
+    return dumps(frame.__dict__)

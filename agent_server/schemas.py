@@ -1,0 +1,109 @@
+"""Request bodies and JSON error responses: pydantic at the HTTP edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agent_server.frames import dumps
+
+THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+
+
+class RunConfig(BaseModel):
+    """The part of a LangChain ``RunnableConfig`` a client may set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    configurable: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    recursion_limit: int = Field(25, ge=1, le=10_000)
+
+
+class RunRequest(BaseModel):
+    """Start a run: ``input`` is the graph's input; ``message`` is shorthand for one user turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    graph: str = Field(min_length=1)
+    input: Any = None
+    message: str | None = None
+    thread_id: str | None = Field(None, pattern=THREAD_ID_PATTERN)
+    config: RunConfig = Field(default_factory=lambda: RunConfig())
+
+    @model_validator(mode="after")
+    def _one_input(self) -> RunRequest:
+        has_input = "input" in self.model_fields_set
+        if has_input == (self.message is not None):
+            raise ValueError("give exactly one of 'input' or 'message'")
+        return self
+
+    def graph_input(self) -> Any:
+        if self.message is not None:
+            return {"messages": [{"role": "user", "content": self.message}]}
+        return self.input
+
+    def runnable_config(self) -> dict[str, Any]:
+        config = self.config.model_dump()
+        config["configurable"] = dict(config["configurable"])
+        return config
+
+
+class JSONResponse(Response):
+    """JSON through the same encoder as frames (messages, Documents, bytes are safe)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def error_response(
+    status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status)
+
+
+def validation_error_response(exc: ValidationError) -> JSONResponse:
+    errors = [
+        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return error_response(422, "validation_error", f"{where}: {first['msg']}", errors)
+
+
+class RequestError(Exception):
+    """Raised while reading a request; routes turn it into its JSON error response."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.code, self.message)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,143 @@
+"""One settings object for the whole server.
+
+Sources, highest precedence first: explicit arguments (the CLI's flags), environment
+variables prefixed ``AGENT_SERVER_``, a ``.env`` file, ``agent_server.toml`` and finally
+the ``"graphs"`` map of a ``langgraph.json``, so a project that runs under
+``langgraph dev`` works unchanged. Dict fields are merged across sources by
+pydantic-settings, which is exactly the rule for graphs: a CLI ``--graph`` adds to the
+graphs from files, and the same name overrides.
+
+Nothing else in the package reads ``os.environ``: the settings object is passed down.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+TOML_FILE = "agent_server.toml"
+LANGGRAPH_JSON = "langgraph.json"
+
+
+class LangGraphJsonSource(PydanticBaseSettingsSource):
+    """Reads only the ``graphs`` map of ``langgraph.json``; its other keys are not ours."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {}
+        data = json.loads(self.path.read_text(encoding="utf-8"))
+        graphs = data.get("graphs") if isinstance(data, dict) else None
+        if not isinstance(graphs, dict):
+            return {}
+        # langgraph.json allows {"path": ..., "description": ...} objects besides strings.
+        refs = {
+            name: ref["path"] if isinstance(ref, dict) and "path" in ref else ref
+            for name, ref in graphs.items()
+        }
+        return {"graphs": refs}
+
+
+def parse_graph_specs(specs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["NAME=REF", ...]`` to a mapping; pass a mapping to Settings so it merges with files."""
+    parsed: dict[str, str] = {}
+    for item in specs:
+        name, sep, ref = str(item).partition("=")
+        if not sep or not name.strip() or not ref.strip():
+            raise ValueError(f"invalid graph {item!r}: expected NAME=REF")
+        parsed[name.strip()] = ref.strip()
+    return parsed
+
+
+class Settings(BaseSettings):
+    """Server configuration (environment variables use the ``AGENT_SERVER_`` prefix)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENT_SERVER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        toml_file=TOML_FILE,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+
+    graphs: dict[str, str] = Field(
+        default_factory=dict, description="Graph name -> 'path/file.py:attr' or 'pkg.mod:attr'."
+    )
+    tools_dir: Path = Field(Path("tools"), description="Directory scanned for tool plugins.")
+    tools_entry_point_group: str = "agent_server.tools"
+
+    model: str = Field("scripted", description="'scripted' (offline) or 'openai:<model>'.")
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AGENT_SERVER_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("AGENT_SERVER_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+    )
+
+    database_url: str = Field(
+        ".agent-server/threads.sqlite",
+        description="Checkpoint store: a SQLite file path, or 'memory://' for tests.",
+    )
+
+    ping_interval: float = Field(15.0, gt=0, description="Seconds between SSE keep-alive pings.")
+    flush_interval: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        description="Seconds a lone stream waits after a write so that a burst of frames "
+        "shares the next write; the wait grows with concurrent streams up to "
+        "flush_interval_max (see agent_server/pacing.py). 0 writes every frame at once.",
+    )
+    flush_interval_max: float = Field(0.05, ge=0, le=1)
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Largest accepted request body.")
+
+    @field_validator("graphs", mode="before")
+    @classmethod
+    def _parse_graph_list(cls, value: Any) -> Any:
+        """Accept ``NAME=REF`` strings (CLI flags, env) besides a mapping."""
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return parse_graph_specs(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            TomlConfigSettingsSource(settings_cls),
+            LangGraphJsonSource(settings_cls, Path(LANGGRAPH_JSON)),
+        )
+
+    @property
+    def checkpoint_in_memory(self) -> bool:
+        return self.database_url in {"memory://", ":memory:"}

@@ -1,0 +1,26 @@
+"""What the app's lifespan builds and every route uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from agent_server.graphs import GraphRegistry
+from agent_server.pacing import Pacer
+from agent_server.runs import RunManager
+from agent_server.settings import Settings
+from agent_server.tools import ToolRegistry
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    tools: ToolRegistry
+    graphs: GraphRegistry
+    runs: RunManager
+    checkpointer: BaseCheckpointSaver[Any]
+    model: BaseChatModel
+    pacer: Pacer

@@ -1,0 +1,279 @@
+"""Translate LangGraph ``astream_events(version="v2")`` events into protocol frames.
+
+This module is the single place where LangGraph's event shapes are known. The frames it
+produces are the contract of every stream; any faster source must produce the same.
+
+Decisions:
+
+- ``on_tool_start`` events carry no ``tool_call_id``; LangChain hands it only to callback
+  handlers. :class:`ToolCallIds` is a tiny inline handler that records it by run id, so
+  parallel calls of one tool are told apart. ``on_tool_end`` / ``on_tool_error`` carry it
+  themselves and win when present.
+- Stream-writer output arrives as the root graph's ``on_chain_stream`` chunks
+  ``(namespace, "custom", payload)`` because the driver streams with
+  ``stream_mode=STREAM_MODE`` and ``subgraphs=True``. Root ``values`` chunks are kept
+  (not sent) as the run's result. A payload that is a dict
+  with a string ``name`` and a ``data`` key becomes ``custom(name, data)``; any other
+  payload becomes ``custom(name="custom", data=payload)``.
+- Interrupts are read from the root ``updates`` chunk ``__interrupt__`` (subgraph
+  interrupts surface there too), which avoids a state read after the stream ends.
+- ``namespace`` lists the enclosing subgraph nodes, outermost first (``[]`` at the root),
+  without LangGraph's task ids, which mean nothing to a client.
+- Chat models tagged ``nostream`` are not streamed, as in LangGraph's own messages mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage, ToolMessage
+from langchain_core.runnables.schema import StreamEvent
+
+from agent_server.frames import (
+    BaseFrame,
+    Custom,
+    Interrupt,
+    Token,
+    ToolEnd,
+    ToolError,
+    ToolStart,
+    Usage,
+    now_ms,
+)
+
+NOSTREAM_TAG = "nostream"
+STREAM_MODE = ["values", "updates", "custom"]
+
+
+class FrameFactory:
+    """Stamps frames of one run with ``run_id``, the next ``seq`` and ``ts``."""
+
+    __slots__ = ("run_id", "seq")
+
+    def __init__(self, run_id: str, start_seq: int = 0) -> None:
+        self.run_id = run_id
+        self.seq = start_seq
+
+    def __call__(self, cls: type[BaseFrame], **fields: Any) -> BaseFrame:
+        self.seq += 1
+        return cls(run_id=self.run_id, seq=self.seq, ts=now_ms(), **fields)
+
+
+class ToolCallIds(BaseCallbackHandler):
+    """Records ``tool_call_id`` per tool run id; runs inline, before the event is read."""
+
+    run_inline = True
+    # Only tool starts matter: skip the per-token and per-chain callbacks entirely
+    # (tool callbacks are gated by ignore_agent, which must stay False).
+    ignore_llm = True
+    ignore_chat_model = True
+    ignore_chain = True
+    ignore_retriever = True
+    ignore_custom_event = True
+    ignore_retry = True
+
+    def __init__(self) -> None:
+        self.by_run: dict[str, str] = {}
+
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        tool_call_id = kwargs.get("tool_call_id")
+        if tool_call_id:
+            self.by_run[str(run_id)] = tool_call_id
+
+
+def namespace_of(metadata: Mapping[str, Any]) -> list[str]:
+    """Enclosing subgraph node names from ``langgraph_checkpoint_ns`` (``a:id|b:id``)."""
+    ns = metadata.get("langgraph_checkpoint_ns")
+    if not ns or "|" not in ns:
+        return []
+    return [part.partition(":")[0] for part in ns.split("|")[:-1]]
+
+
+def text_of(content: Any) -> str:
+    """The text of a message chunk's content (a string or a list of content blocks)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, Mapping) and block.get("type") == "text":
+                parts.append(str(block.get("text", "")))
+        return "".join(parts)
+    return ""
+
+
+def tool_output(output: Any) -> Any:
+    """What a client wants from a tool's result: a ToolMessage's content (and artifact)."""
+    if isinstance(output, ToolMessage):
+        if output.artifact is not None:
+            return {"content": output.content, "artifact": output.artifact}
+        return output.content
+    return output
+
+
+def error_text(error: Any) -> str:
+    if isinstance(error, BaseException):
+        return str(error) or type(error).__name__
+    return str(error)
+
+
+class EventTranslator:
+    """Turns one run's events into frames; also gathers usage and interrupts."""
+
+    def __init__(self, make: FrameFactory, *, resumable: bool = True) -> None:
+        self.make = make
+        self.resumable = resumable
+        self.tool_call_ids = ToolCallIds()
+        self.usage = Usage()
+        self.interrupted = False
+        self.values: Any = None  # the root graph's latest state, for results
+        self._tool_started: dict[str, float] = {}
+        self._handlers: dict[str, Callable[[StreamEvent], list[BaseFrame]]] = {
+            "on_chat_model_stream": self._on_chat_model_stream,
+            "on_chat_model_end": self._on_chat_model_end,
+            "on_tool_start": self._on_tool_start,
+            "on_tool_end": self._on_tool_end,
+            "on_tool_error": self._on_tool_error,
+            "on_custom_event": self._on_custom_event,
+            "on_chain_stream": self._on_chain_stream,
+        }
+
+    def translate(self, event: StreamEvent) -> list[BaseFrame]:
+        handler = self._handlers.get(event["event"])
+        return handler(event) if handler is not None else []
+
+    def _on_chat_model_stream(self, event: StreamEvent) -> list[BaseFrame]:
+        chunk = event["data"].get("chunk")
+        if chunk is None:
+            return []
+        content = chunk.content
+        text = content if isinstance(content, str) else text_of(content)
+        if not text or NOSTREAM_TAG in event.get("tags", ()):
+            return []
+        metadata = event["metadata"]
+        return [
+            self.make(
+                Token,
+                content=text,
+                message_id=chunk.id,
+                node=metadata.get("langgraph_node"),
+                namespace=namespace_of(metadata),
+            )
+        ]
+
+    def _on_chat_model_end(self, event: StreamEvent) -> list[BaseFrame]:
+        output = event["data"].get("output")
+        usage = getattr(output, "usage_metadata", None) if isinstance(output, BaseMessage) else None
+        if usage:
+            self.usage.input_tokens += usage.get("input_tokens", 0)
+            self.usage.output_tokens += usage.get("output_tokens", 0)
+            self.usage.total_tokens += usage.get("total_tokens", 0)
+        return []
+
+    def _on_tool_start(self, event: StreamEvent) -> list[BaseFrame]:
+        run_id = event["run_id"]
+        self._tool_started[run_id] = time.perf_counter()
+        metadata = event["metadata"]
+        return [
+            self.make(
+                ToolStart,
+                tool_call_id=self.tool_call_ids.by_run.get(run_id),
+                name=event["name"],
+                input=event["data"].get("input"),
+                node=metadata.get("langgraph_node"),
+                namespace=namespace_of(metadata),
+            )
+        ]
+
+    def _finish_tool(self, run_id: str) -> tuple[str | None, float | None]:
+        started = self._tool_started.pop(run_id, None)
+        duration = None if started is None else round((time.perf_counter() - started) * 1e3, 3)
+        return self.tool_call_ids.by_run.pop(run_id, None), duration
+
+    def _on_tool_end(self, event: StreamEvent) -> list[BaseFrame]:
+        tool_call_id, duration = self._finish_tool(event["run_id"])
+        output = event["data"].get("output")
+        if isinstance(output, ToolMessage):
+            tool_call_id = output.tool_call_id or tool_call_id
+            if output.status == "error":
+                # A tool that reports failure through its message rather than raising.
+                return [
+                    self.make(
+                        ToolError,
+                        tool_call_id=tool_call_id,
+                        name=event["name"],
+                        error=text_of(output.content) or "tool failed",
+                        duration_ms=duration,
+                    )
+                ]
+        return [
+            self.make(
+                ToolEnd,
+                tool_call_id=tool_call_id,
+                name=event["name"],
+                output=tool_output(output),
+                duration_ms=duration,
+            )
+        ]
+
+    def _on_tool_error(self, event: StreamEvent) -> list[BaseFrame]:
+        tool_call_id, duration = self._finish_tool(event["run_id"])
+        data = event["data"]
+        return [
+            self.make(
+                ToolError,
+                tool_call_id=data.get("tool_call_id") or tool_call_id,
+                name=event["name"],
+                error=error_text(data.get("error")),
+                duration_ms=duration,
+            )
+        ]
+
+    def _on_custom_event(self, event: StreamEvent) -> list[BaseFrame]:
+        return [self.make(Custom, name=event["name"], data=event["data"])]
+
+    def _on_chain_stream(self, event: StreamEvent) -> list[BaseFrame]:
+        if event["parent_ids"]:
+            return []  # only the root graph's stream carries our stream modes
+        chunk = event["data"].get("chunk")
+        if not isinstance(chunk, tuple) or len(chunk) != 3:
+            return []
+        ns, mode, payload = chunk
+        if mode == "custom":
+            if (
+                isinstance(payload, Mapping)
+                and isinstance(payload.get("name"), str)
+                and "data" in payload
+            ):
+                return [self.make(Custom, name=payload["name"], data=payload["data"])]
+            return [self.make(Custom, name="custom", data=payload)]
+        if mode == "values" and not ns:
+            self.values = payload
+            return []
+        if mode == "updates" and not ns and isinstance(payload, Mapping):
+            interrupts = payload.get("__interrupt__")
+            if interrupts:
+                self.interrupted = True
+                return [
+                    self.make(
+                        Interrupt,
+                        value=getattr(item, "value", item),
+                        resumable=self.resumable,
+                        interrupt_id=getattr(item, "id", None),
+                    )
+                    for item in interrupts
+                ]
+        return []

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent_server.app import create_app
+from agent_server.settings import Settings
+from tests.live import live_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_settings(**overrides: object) -> Settings:
+    """Settings for a test server: the repo's tools and graphs, memory checkpoints."""
+    values: dict[str, object] = {
+        "database_url": "memory://",
+        "tools_dir": ROOT / "tools",
+        "graphs": {
+            "agent": str(ROOT / "graphs/agent.py") + ":make_graph",
+            "failing": "tests.sample_graphs:failing",
+            "ticker": "tests.sample_graphs:ticker",
+            "quiet": "tests.sample_graphs:quiet",
+        },
+        "ping_interval": 0.1,
+        "max_body_bytes": 10_000,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """A live server (real uvicorn, loopback) shared by a test module."""
+    with live_server(create_app(test_settings())) as url:
+        yield url

@@ -1,0 +1,37 @@
+"""Small shared helpers for tests (no fixtures with side effects here)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.pregel import Pregel
+
+from agent_server.frames import BaseFrame
+from agent_server.graphs import GraphEntry
+from agent_server.runs import Run
+
+
+def entry(graph: Pregel, name: str = "test") -> GraphEntry:
+    if graph.checkpointer is None:
+        graph = graph.copy(update={"checkpointer": InMemorySaver()})
+    return GraphEntry(name=name, ref=f"test:{name}", graph=graph)
+
+
+async def run_frames(
+    graph: Pregel | GraphEntry, input: Any, *, thread_id: str | None = None
+) -> list[BaseFrame]:
+    """Execute a run in-process and return its frames."""
+    graph_entry = graph if isinstance(graph, GraphEntry) else entry(graph)
+    run = Run(graph=graph_entry, input=input, thread_id=thread_id or str(uuid.uuid4()))
+    await run.execute()
+    return [item.frame for item in run.log]
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+def types(frames: list[BaseFrame]) -> list[str]:
+    return [frame.type for frame in frames]
