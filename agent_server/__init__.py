@@ -1,0 +1,56 @@
+"""agent-server: run LangGraph agents and stream what they do to clients in real time."""
+
+from agent_server.app import create_app
+from agent_server.chat_model import Plan, PlannedToolCall, ScriptedChatModel, load_chat_model
+from agent_server.frames import (
+    PROTOCOL_VERSION,
+    BaseFrame,
+    Custom,
+    Done,
+    Error,
+    Frame,
+    Interrupt,
+    RunStart,
+    Token,
+    ToolEnd,
+    ToolError,
+    ToolStart,
+    Usage,
+    encode,
+    parse_frame,
+)
+from agent_server.graphs import GraphEntry, GraphRegistry, UnknownGraphError
+from agent_server.settings import Settings
+from agent_server.tools import PluginError, ToolRegistry, UnknownToolError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "BaseFrame",
+    "Custom",
+    "Done",
+    "Error",
+    "Frame",
+    "GraphEntry",
+    "GraphRegistry",
+    "Interrupt",
+    "Plan",
+    "PlannedToolCall",
+    "PluginError",
+    "RunStart",
+    "ScriptedChatModel",
+    "Settings",
+    "Token",
+    "ToolEnd",
+    "ToolError",
+    "ToolRegistry",
+    "ToolStart",
+    "UnknownGraphError",
+    "UnknownToolError",
+    "Usage",
+    "create_app",
+    "encode",
+    "load_chat_model",
+    "parse_frame",
+]
