@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,12 +20,13 @@ from starlette.responses import Response
 
 from agent_server.chat_model import load_chat_model
 from agent_server.graphs import UnknownGraphError, load_graphs
-from agent_server.pacing import Pacer
-from agent_server.routes import routes
-from agent_server.runs import RunManager
+from agent_server.metrics import Metrics
+from agent_server.routes import rejected, routes
+from agent_server.runs import RunLimits, RunManager, RunRejected
 from agent_server.schemas import RequestError, error_response, validation_error_response
 from agent_server.settings import Settings
 from agent_server.state import AppState
+from agent_server.streams import Streams
 from agent_server.tools import ToolRegistry
 
 logger = logging.getLogger("agent_server")
@@ -59,7 +61,24 @@ async def open_state(
             settings=settings,
             checkpointer=checkpointer,
         )
-        runs = RunManager()
+        runs = RunManager(
+            RunLimits(
+                max_concurrent=settings.max_concurrent_runs,
+                max_queued=settings.max_queued_runs,
+                timeout=settings.run_timeout,
+                retention_seconds=settings.retention_seconds,
+                retention_runs=settings.retention_runs,
+            )
+        )
+        streams = Streams(
+            ping_interval=settings.ping_interval,
+            flush_interval=settings.flush_interval,
+            flush_interval_max=settings.flush_interval_max,
+            max_lag=settings.subscriber_max_lag,
+            send_timeout=settings.send_timeout,
+            retry_ms=settings.sse_retry_ms,
+        )
+        janitor = asyncio.create_task(runs.janitor(), name="agent-server-janitor")
         try:
             yield AppState(
                 settings=settings,
@@ -68,10 +87,12 @@ async def open_state(
                 runs=runs,
                 checkpointer=checkpointer,
                 model=model,
-                pacer=Pacer(settings.flush_interval, settings.flush_interval_max),
+                streams=streams,
+                metrics=Metrics(runs, streams),
             )
         finally:
-            await runs.shutdown()
+            janitor.cancel()
+            await runs.drain(settings.shutdown_grace)
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:
@@ -122,6 +143,7 @@ def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None =
         lifespan=lifespan,
         exception_handlers={
             RequestError: _request_error,
+            RunRejected: rejected,
             ValidationError: _validation_error,
             UnknownGraphError: _unknown_graph,
             HTTPException: _http_error,

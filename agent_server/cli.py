@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging.config
 import os
 import sys
 import uuid
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_server.console import ConsoleRenderer
+from agent_server.logs import log_config
 from agent_server.settings import Settings, parse_graph_specs
 
 
@@ -39,7 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--reload", action="store_true", help="restart on code changes")
-    serve.add_argument("--log-level", help="uvicorn log level (default info)")
+    serve.add_argument("--log-level", help="log level (default info)")
+    serve.add_argument(
+        "--log-json",
+        action="store_true",
+        default=None,
+        help="write logs as one JSON object per line",
+    )
     _common(serve)
 
     run = commands.add_parser("run", help="run a graph once and stream its frames here")
@@ -58,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for flag in ("host", "port", "tools_dir", "model", "log_level"):
+    for flag in ("host", "port", "tools_dir", "model", "log_level", "log_json"):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[flag] = value
@@ -77,16 +85,21 @@ GC_THRESHOLDS = (50_000, 20, 50)
 def _serve(settings: Settings, reload: bool) -> int:
     import uvicorn
 
-    gc.set_threshold(*GC_THRESHOLDS)
+    from agent_server.app import create_app
+    from agent_server.server import Server
 
+    gc.set_threshold(*GC_THRESHOLDS)
     print(f"agent-server on http://{settings.host}:{settings.port}/", flush=True)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        "log_config": log_config(settings.log_level, json=settings.log_json),
         "loop": "uvloop",
         "http": "httptools",
-        "timeout_graceful_shutdown": 10,
+        # Runs are drained before connections close (agent_server/server.py); this only
+        # bounds what is left, e.g. a client that stopped reading.
+        "timeout_graceful_shutdown": 3,
     }
     if reload:
         # The reloader imports the app in a fresh process: hand the settings over by env.
@@ -95,10 +108,10 @@ def _serve(settings: Settings, reload: bool) -> int:
             text = json.dumps(value) if isinstance(value, dict | list) else str(value)
             os.environ[f"AGENT_SERVER_{key.upper()}"] = text
         uvicorn.run("agent_server.app:create_app", factory=True, reload=True, **options)
-    else:
-        from agent_server.app import create_app
-
-        uvicorn.run(create_app(settings), **options)
+        return 0
+    app = create_app(settings)
+    server = Server(uvicorn.Config(app, **options), app, grace=settings.shutdown_grace)
+    server.run()
     return 0
 
 
@@ -118,7 +131,7 @@ async def _run(
             input={"messages": [{"role": "user", "content": message}]},
             thread_id=thread or str(uuid.uuid4()),
         )
-        state.runs.start(run)
+        state.runs.submit(run)
         renderer = ConsoleRenderer(sys.stdout)
         failed = False
         async for batch in run.follow():
@@ -162,11 +175,18 @@ async def _list(settings: Settings, what: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # `python -m agent_server.cli`, `uvicorn` and `langgraph dev` make the project directory
+    # importable; the console script does not, and `pkg.module:attr` graph references to the
+    # project's own packages would fail under it alone.
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         settings = _settings(args)
     except ValueError as exc:
         print(f"agent-server: {exc}", file=sys.stderr)
         return 2
+    logging.config.dictConfig(log_config(settings.log_level, json=settings.log_json))
     if args.command == "serve":
         return _serve(settings, args.reload)
     try:
@@ -175,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _run(settings, args.graph_name, args.message, args.thread, args.json)
             )
         return asyncio.run(_list(settings, args.command))
+    except ValueError as exc:  # a configuration the app rejects, e.g. an unknown model spec
+        print(f"agent-server: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly, as Unix tools do
         sys.stderr.close()
         return 0

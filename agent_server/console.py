@@ -30,6 +30,7 @@ class ConsoleRenderer:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.in_text = False
+        self.message_id: str | None = None
 
     def _line(self, text: str) -> None:
         if self.in_text:
@@ -39,8 +40,15 @@ class ConsoleRenderer:
 
     def write(self, frame: BaseFrame) -> None:
         if isinstance(frame, Token):
-            self.out.write(frame.content.lstrip() if not self.in_text else frame.content)
-            self.in_text = True
+            if self.in_text and frame.message_id != self.message_id:
+                # Another message (e.g. the next node's model call): start a new line.
+                self.out.write("\n")
+                self.in_text = False
+            self.message_id = frame.message_id
+            text = frame.content if self.in_text else frame.content.lstrip()
+            self.out.write(text)
+            # Whitespace before a message's first word leaves the line empty, not started.
+            self.in_text = self.in_text or bool(text)
         elif isinstance(frame, RunStart):
             self._line(f"[{frame.graph}] run {frame.run_id} on thread {frame.thread_id}")
         elif isinstance(frame, ToolStart):

@@ -48,6 +48,7 @@ class RunStart(BaseFrame):
     type: Literal["run_start"] = "run_start"
     graph: str
     thread_id: str | None = None
+    queue_position: int = 0  # runs ahead of this one when it was accepted; 0 = started
 
 
 class Token(BaseFrame):
@@ -103,6 +104,8 @@ class Error(BaseFrame):
 
 
 class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
@@ -131,31 +134,59 @@ def parse_frame(data: bytes | str | Mapping[str, Any]) -> Frame:
 
 def _json_default(obj: Any) -> Any:
     """orjson's fallback for what the graph hands us: make it JSON-safe, never fail."""
-    if isinstance(obj, BaseModel):
-        # LangChain messages and Documents are pydantic models too.
-        return obj.model_dump(mode="json", exclude_none=True)
-    if isinstance(obj, bytes | bytearray | memoryview):
-        return {"type": "bytes", "base64": base64.b64encode(bytes(obj)).decode("ascii")}
-    if isinstance(obj, set | frozenset):
-        return list(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, Exception):
-        return f"{type(obj).__name__}: {obj}"
-    to_json = getattr(obj, "to_json", None)
-    if callable(to_json):
-        return to_json()
-    return repr(obj)
+    try:
+        if isinstance(obj, BaseModel):
+            # LangChain messages and Documents are pydantic models too. When a model holds
+            # values pydantic cannot put in JSON, python mode leaves them for orjson to
+            # hand back here, instead of raising.
+            try:
+                return obj.model_dump(mode="json", exclude_none=True)
+            except Exception:
+                return obj.model_dump(exclude_none=True)
+        if isinstance(obj, bytes | bytearray | memoryview):
+            return {"type": "bytes", "base64": base64.b64encode(bytes(obj)).decode("ascii")}
+        if isinstance(obj, set | frozenset | tuple):
+            return list(obj)
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return dataclasses.asdict(obj)
+        if isinstance(obj, Exception):
+            return f"{type(obj).__name__}: {obj}"
+        to_json = getattr(obj, "to_json", None)
+        if callable(to_json):
+            return to_json()
+        return repr(obj)
+    except Exception:
+        return f"<unserialisable {type(obj).__name__}>"
 
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_MAX_DEPTH = 64
+
+
+def _sanitise(obj: Any, depth: int = 0) -> Any:
+    """The slow path for what orjson refuses outright: huge ints, odd keys, cycles."""
+    if depth > _MAX_DEPTH:
+        return "<too deep>"
+    if isinstance(obj, bool | float | str) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return obj if -(2**63) <= obj < 2**64 else str(obj)
+    if isinstance(obj, dict):
+        return {
+            k if isinstance(k, str) else str(k): _sanitise(v, depth + 1) for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [_sanitise(item, depth + 1) for item in obj]
+    converted = _json_default(obj)
+    return converted if isinstance(converted, str) else _sanitise(converted, depth + 1)
 
 
 def dumps(obj: Any) -> bytes:
-    """JSON bytes for any value a frame may carry (see :func:`_json_default`)."""
-    return orjson.dumps(obj, default=_json_default, option=_OPTIONS)
+    """JSON bytes for any value a frame may carry (see :func:`_json_default`); never raises."""
+    try:
+        return orjson.dumps(obj, default=_json_default, option=_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        return orjson.dumps(_sanitise(obj), default=_json_default, option=_OPTIONS)
 
 
 def encode(frame: BaseFrame) -> bytes:

@@ -158,7 +158,9 @@ async def load_graphs(
                 settings=settings,
                 checkpointer=checkpointer,
             )
-        except Exception as exc:
+        # SystemExit too: a module-level sys.exit() (a script) must not stop the server,
+        # as for tool files.
+        except (Exception, SystemExit) as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.warning("graph %r (%s) failed to load and is skipped: %s", name, ref, error)
             logger.debug("graph load failure", exc_info=True)

@@ -1,7 +1,20 @@
-"""HTTP routes: start and stream runs, wait for results, list graphs and tools."""
+"""HTTP routes: start, stream, join, resume and cancel runs; threads; graphs and tools.
+
+Resume rules (see docs/protocol.md):
+
+- ``POST /runs/stream`` events carry ``id: <seq>``; the run's id is in ``X-Run-Id`` and
+  in ``run_start``, so a client resumes it at ``GET /runs/{id}/stream``.
+- ``GET /runs/stream`` is for ``EventSource``, which reconnects by itself and can only
+  repeat the same URL: its ids are ``<run_id>:<seq>``, so a reconnect carrying
+  ``Last-Event-ID`` resumes that run instead of starting a new one, and one from the
+  final frame (or for a dropped run) gets 204, which tells ``EventSource`` to stop.
+  Because such a client is expected back, ``on_disconnect=cancel`` there waits
+  ``reconnect_grace`` seconds for a subscriber before cancelling.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -11,8 +24,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from agent_server.runs import Run
-from agent_server.schemas import JSONResponse, RequestError, RunRequest, read_body
+from agent_server.frames import dumps
+from agent_server.runs import Run, RunRejected
+from agent_server.schemas import (
+    JSONResponse,
+    RequestError,
+    RunRequest,
+    error_response,
+    read_body,
+)
 from agent_server.sse import SSEResponse, run_events
 from agent_server.state import AppState
 
@@ -32,13 +52,17 @@ async def parse_run_request(request: Request, state: AppState) -> RunRequest:
         raise
 
 
-def query_run_request(request: Request) -> RunRequest:
+def query_run_request(request: Request, state: AppState) -> RunRequest:
     """``GET /runs/stream`` takes the same fields as query parameters (for EventSource)."""
     params = request.query_params
+    if len(str(request.url.query)) > state.settings.max_body_bytes:
+        raise RequestError(413, "body_too_large", "query string too large")
     data: dict[str, Any] = {
-        key: params[key] for key in ("graph", "message", "thread_id") if key in params
+        key: params[key]
+        for key in ("graph", "message", "thread_id", "multitask_strategy", "on_disconnect")
+        if key in params
     }
-    for key in ("input", "config"):
+    for key in ("input", "config", "timeout"):
         if key in params:
             try:
                 data[key] = orjson.loads(params[key])
@@ -56,45 +80,185 @@ def start_run(state: AppState, body: RunRequest) -> Run:
         input=body.graph_input(),
         thread_id=body.thread_id or str(uuid.uuid4()),
         config=body.runnable_config(),  # type: ignore[arg-type]
+        timeout=body.timeout,
     )
-    return state.runs.start(run)
+    return state.runs.submit(run, body.multitask_strategy)
 
 
-def stream_response(state: AppState, run: Run) -> SSEResponse:
-    def on_disconnect() -> None:
-        run.cancel()
+def find_run(state: AppState, run_id: str) -> Run:
+    run = state.runs.get(run_id)
+    if run is not None:
+        return run
+    if state.runs.was_dropped(run_id):
+        raise RequestError(410, "run_gone", f"run {run_id} has finished and its log was dropped")
+    raise RequestError(404, "run_not_found", f"no run {run_id}")
+
+
+def stream_response(
+    state: AppState,
+    run: Run,
+    *,
+    after: int = 0,
+    id_prefix: bytes = b"",
+    on_disconnect: str = "continue",
+    grace: float = 0.0,
+) -> SSEResponse:
+    def disconnected() -> None:
+        if on_disconnect != "cancel" or run.finished:
+            return
+        if grace <= 0:
+            run.cancel("cancelled", "the client disconnected")
+            return
+
+        def cancel_if_unwatched() -> None:
+            if run.subscribers == 0:
+                run.cancel("cancelled", "the client disconnected and did not come back")
+
+        asyncio.get_running_loop().call_later(grace, cancel_if_unwatched)
 
     return SSEResponse(
-        run_events(
-            run,
-            ping_interval=state.settings.ping_interval,
-            pacer=state.pacer,
-        ),
+        run_events(run, state.streams, after=after, id_prefix=id_prefix),
         headers={"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id},
-        on_disconnect=on_disconnect,
+        on_disconnect=disconnected,
+        send_timeout=state.streams.send_timeout,
     )
+
+
+def last_event_id(request: Request) -> str | None:
+    return request.headers.get("last-event-id") or None
+
+
+def parse_seq(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise RequestError(
+            400, "invalid_last_event_id", f"{what} must be a frame seq, not {text!r}"
+        )
+    return int(text)
 
 
 async def post_runs_stream(request: Request) -> Response:
     state = app_state(request)
     body = await parse_run_request(request, state)
-    return stream_response(state, start_run(state, body))
+    run = start_run(state, body)
+    return stream_response(state, run, on_disconnect=body.on_disconnect or "cancel")
 
 
 async def get_runs_stream(request: Request) -> Response:
     state = app_state(request)
-    return stream_response(state, start_run(state, query_run_request(request)))
+    resume = last_event_id(request)
+    if resume is not None:  # EventSource reconnecting: never start a new run
+        run_id, sep, seq_text = resume.rpartition(":")
+        if not sep:
+            raise RequestError(
+                400, "invalid_last_event_id", "Last-Event-ID must be '<run_id>:<seq>' here"
+            )
+        seq = parse_seq(seq_text, "Last-Event-ID")
+        run = state.runs.get(run_id)
+        if run is None or (run.finished and seq >= run.last_seq):
+            return Response(status_code=204)
+        return stream_response(
+            state,
+            run,
+            after=seq,
+            id_prefix=run_id.encode() + b":",
+            on_disconnect=run.on_disconnect,
+            grace=state.settings.reconnect_grace,
+        )
+    body = query_run_request(request, state)
+    run = start_run(state, body)
+    run.on_disconnect = body.on_disconnect or "cancel"
+    return stream_response(
+        state,
+        run,
+        id_prefix=run.run_id.encode() + b":",
+        on_disconnect=run.on_disconnect,
+        grace=state.settings.reconnect_grace,
+    )
+
+
+async def post_runs(request: Request) -> Response:
+    state = app_state(request)
+    run = start_run(state, await parse_run_request(request, state))
+    location = str(request.url_for("get_run", run_id=run.run_id))
+    return JSONResponse(run.describe(), status_code=202, headers={"Location": location})
 
 
 async def post_runs_wait(request: Request) -> Response:
     state = app_state(request)
-    run = start_run(state, await parse_run_request(request, state))
+    body = await parse_run_request(request, state)
+    run = start_run(state, body)
     try:
-        async for _ in run.follow():
-            pass
+        await run.wait()
     finally:
-        run.cancel()  # a no-op once finished; stops the run if this request is abandoned
+        if (body.on_disconnect or "cancel") == "cancel":
+            run.cancel("cancelled", "the client disconnected")  # no-op once finished
     return JSONResponse(run.result())
+
+
+async def get_run(request: Request) -> Response:
+    state = app_state(request)
+    return JSONResponse(find_run(state, request.path_params["run_id"]).describe())
+
+
+async def get_run_stream(request: Request) -> Response:
+    state = app_state(request)
+    run = find_run(state, request.path_params["run_id"])
+    after = 0
+    resume = last_event_id(request) or request.query_params.get("after")
+    if resume is not None:
+        run_part, sep, seq_text = resume.rpartition(":")
+        if sep and run_part != run.run_id:
+            raise RequestError(400, "invalid_last_event_id", "Last-Event-ID names another run")
+        after = parse_seq(seq_text, "Last-Event-ID / after")
+    return stream_response(state, run, after=after)
+
+
+async def post_run_cancel(request: Request) -> Response:
+    state = app_state(request)
+    run = find_run(state, request.path_params["run_id"])
+    if run.finished:
+        return error_response(409, "run_finished", f"run {run.run_id} is already {run.status}")
+    run.cancel("cancelled", "cancelled by request")
+    await run.wait()
+    return JSONResponse(run.describe(), status_code=202)
+
+
+async def get_thread_runs(request: Request) -> Response:
+    state = app_state(request)
+    runs = state.runs.thread_runs(request.path_params["thread_id"])
+    return JSONResponse({"runs": [run.describe() for run in runs]})
+
+
+async def get_thread_state(request: Request) -> Response:
+    state = app_state(request)
+    thread_id = request.path_params["thread_id"]
+    graph_name = request.query_params.get("graph")
+    if graph_name is None:
+        latest = state.runs.latest_on_thread(thread_id)
+        if latest is None:
+            raise RequestError(
+                404, "thread_not_found", f"no known runs on thread {thread_id!r}; pass ?graph="
+            )
+        graph_name = latest.graph.name
+    entry = state.graphs.get(graph_name)
+    snapshot = await entry.graph.aget_state({"configurable": {"thread_id": thread_id}})
+    checkpoint = (snapshot.config or {}).get("configurable", {})
+    if not checkpoint.get("checkpoint_id"):
+        raise RequestError(404, "thread_not_found", f"thread {thread_id!r} has no state")
+    return JSONResponse(
+        {
+            "thread_id": thread_id,
+            "graph": graph_name,
+            "values": snapshot.values,
+            "next": list(snapshot.next),
+            "interrupts": [
+                {"value": item.value, "interrupt_id": item.id} for item in snapshot.interrupts
+            ],
+            "checkpoint_id": checkpoint.get("checkpoint_id"),
+            "created_at": snapshot.created_at,
+            "metadata": snapshot.metadata,
+        }
+    )
 
 
 async def get_graphs(request: Request) -> Response:
@@ -109,15 +273,43 @@ async def get_tools(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     state = app_state(request)
-    return JSONResponse({"status": "ok", "graphs": len(state.graphs), "tools": len(state.tools)})
+    status = "ok" if state.runs.accepting else "shutting_down"
+    return JSONResponse(
+        {"status": status, "graphs": len(state.graphs), "tools": len(state.tools)},
+        status_code=200 if state.runs.accepting else 503,
+    )
+
+
+async def metrics(request: Request) -> Response:
+    state = app_state(request)
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+async def rejected(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RunRejected)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return Response(
+        dumps({"code": exc.code, "message": exc.message}),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 def routes() -> list[BaseRoute]:
     return [
+        Route("/runs", post_runs, methods=["POST"]),
         Route("/runs/stream", post_runs_stream, methods=["POST"]),
         Route("/runs/stream", get_runs_stream, methods=["GET"]),
         Route("/runs/wait", post_runs_wait, methods=["POST"]),
+        Route("/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/runs/{run_id}/stream", get_run_stream, methods=["GET"]),
+        Route("/runs/{run_id}/cancel", post_run_cancel, methods=["POST"]),
+        Route("/threads/{thread_id}/runs", get_thread_runs, methods=["GET"]),
+        Route("/threads/{thread_id}/state", get_thread_state, methods=["GET"]),
         Route("/graphs", get_graphs, methods=["GET"]),
         Route("/tools", get_tools, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]

@@ -1,30 +1,44 @@
-"""Runs: a graph execution owned by the server, with an ordered log of its frames.
+"""Runs: graph executions owned by the server, each with an ordered log of its frames.
 
 A run executes as an asyncio task owned by the :class:`RunManager` (which lives in the
 app's lifespan), never by the connection that started it. Routes *follow* a run: they
 read its log from a position and then wait for more, so many subscribers can watch one
-run and a slow subscriber never slows the graph.
+run, a subscriber can leave and come back (resume from a ``seq``), and a slow subscriber
+never slows the graph.
 
-Decisions:
+Decisions (read before changing):
 
 - Frames are encoded once, when appended to the log; every subscriber sends those bytes.
-- :meth:`Run.follow` hands out *batches*: everything appended since the subscriber last
-  looked. Under load that coalesces many frames into one write (the dominant per-frame
-  cost of a stream); when idle, a batch is a single frame, so latency is unchanged.
-- Wake-ups use one ``asyncio.Event`` per run that is replaced on every append, so
-  waking N subscribers costs one ``set()`` and no per-subscriber queue can overflow.
+- The log is the only buffer. A subscriber is a position in it, so a slow subscriber
+  costs no memory of its own; it is dropped when it falls more than ``max_lag`` frames
+  behind (it can resume from the log), and the run never waits for anyone.
+- :meth:`Run.follow` hands out *batches* (at most ``max_batch`` frames): everything
+  appended since the subscriber last looked, so a burst leaves in one write.
+- Wake-ups use one ``asyncio.Event`` per run that is replaced on every append: waking N
+  subscribers costs one ``set()``.
+- ``run_start`` is appended when the run is accepted, before it waits for a slot, and
+  carries its ``queue_position``; every run's log therefore starts the same way and ends
+  with exactly one terminal frame (``done`` or ``error``), whatever happened.
+- Finished runs are kept for ``retention_seconds`` and at most ``retention_runs`` of
+  them; a dropped run leaves a tombstone so that asking for it is "gone" (410), never a
+  partial replay.
+- Per thread, runs are serialised: a run on a busy thread is rejected, waits for the
+  active one (``enqueue``), or cancels it first (``interrupt``), as LangGraph's server
+  does with the same strategy names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
@@ -42,6 +56,13 @@ from agent_server.graphs import GraphEntry
 from agent_server.translate import STREAM_MODE, EventTranslator, FrameFactory
 
 logger = logging.getLogger("agent_server.runs")
+
+# The run whose task is executing, for log records (see agent_server.logs).
+current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
+    "agent_server_current_run", default=None
+)
+
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
 
 
 class RunStatus(StrEnum):
@@ -65,10 +86,38 @@ FINISHED = frozenset(
 )
 
 
+class RunRejected(Exception):
+    """A run that cannot be accepted now; routes answer with ``status`` and ``code``."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class SubscriberTooSlow(Exception):
+    """The subscriber fell too far behind the run; it should reconnect and resume."""
+
+
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     frame: BaseFrame
     data: bytes  # the frame's JSON, shared by every consumer
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What the manager enforces; built from the settings by the app."""
+
+    max_concurrent: int = 32
+    max_queued: int = 1000
+    timeout: float = 600.0
+    retention_seconds: float = 600.0
+    retention_runs: int = 1000
+    max_lag: int = 10_000
+    max_batch: int = 512
 
 
 def error_code(exc: BaseException) -> str:
@@ -84,10 +133,14 @@ class Run:
     thread_id: str
     config: RunnableConfig = field(default_factory=lambda: RunnableConfig())
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    timeout: float | None = None
     status: RunStatus = RunStatus.PENDING
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     ended_at: float | None = None
+    first_token_at: float | None = None
+    on_disconnect: Literal["cancel", "continue"] = "cancel"
+    subscribers: int = 0
     log: list[LogEntry] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -95,28 +148,45 @@ class Run:
     def __post_init__(self) -> None:
         self.make = FrameFactory(self.run_id)
         self.translator: EventTranslator | None = None
+        self._cancel_code = "cancelled"
+        self._cancel_message = "run cancelled"
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def last_seq(self) -> int:
+        return len(self.log)
+
     def append(self, frame: BaseFrame) -> None:
+        if self.first_token_at is None and frame.type == "token":
+            self.first_token_at = time.time()
         self.log.append(LogEntry(frame, encode(frame)))
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
     async def follow(
-        self, after: int = 0, *, heartbeat: float | None = None
+        self,
+        after: int = 0,
+        *,
+        heartbeat: float | None = None,
+        max_lag: int | None = None,
+        max_batch: int = 512,
     ) -> AsyncIterator[list[LogEntry]]:
         """Batches of log entries with ``seq > after``, live, until the terminal frame.
 
         With ``heartbeat``, an empty batch is yielded after that many idle seconds, so a
-        transport can keep the connection alive.
+        transport can keep the connection alive. With ``max_lag``, a subscriber more than
+        that many frames behind a running run gets :class:`SubscriberTooSlow`.
         """
         position = max(after, 0)  # seq n sits at index n - 1
         while True:
-            if position < len(self.log):
-                batch = self.log[position:]
+            available = len(self.log)
+            if position < available:
+                if max_lag is not None and not self.finished and available - position > max_lag:
+                    raise SubscriberTooSlow(f"{available - position} frames behind")
+                batch = self.log[position : position + max_batch]
                 position += len(batch)
                 yield batch
                 if batch[-1].frame.type in TERMINAL_TYPES:
@@ -130,8 +200,25 @@ class Run:
                 except TimeoutError:
                     yield []
 
+    async def wait(self) -> None:
+        """Until the run has finished (its terminal frame is in the log)."""
+        while not self.finished:
+            await self._changed.wait()
+
+    def start_frame(self, queue_position: int) -> None:
+        self.append(
+            self.make(
+                RunStart,
+                graph=self.graph.name,
+                thread_id=self.thread_id,
+                queue_position=queue_position,
+            )
+        )
+
     async def execute(self) -> None:
         """Drive the graph and append its frames; always ends the log with done or error."""
+        if not self.log:
+            self.start_frame(0)
         make = self.make
         graph = self.graph.graph
         translator = EventTranslator(make, resumable=graph.checkpointer is not None)
@@ -146,13 +233,18 @@ class Run:
         self.status = RunStatus.RUNNING
         self.started_at = time.time()
         started = time.perf_counter()
-        self.append(make(RunStart, graph=self.graph.name, thread_id=self.thread_id))
+        current_run.set(self)
         try:
-            async for event in graph.astream_events(
-                self.input, config, version="v2", stream_mode=STREAM_MODE, subgraphs=True
-            ):
-                for frame in translator.translate(event):
-                    self.append(frame)
+            async with asyncio.timeout(self.timeout):
+                async for event in graph.astream_events(
+                    self.input, config, version="v2", stream_mode=STREAM_MODE, subgraphs=True
+                ):
+                    for frame in translator.translate(event):
+                        self.append(frame)
+        except TimeoutError:
+            message = f"run exceeded its timeout of {self.timeout:g} s"
+            self._end(RunStatus.TIMEOUT, make(Error, code="timeout", message=message))
+            return
         except asyncio.CancelledError:
             self.end_cancelled()
             raise
@@ -167,18 +259,19 @@ class Run:
 
     def end_cancelled(self) -> None:
         if not self.finished:
-            self._end(
-                RunStatus.CANCELLED, self.make(Error, code="cancelled", message="run cancelled")
-            )
+            frame = self.make(Error, code=self._cancel_code, message=self._cancel_message)
+            self._end(RunStatus.CANCELLED, frame)
 
     def _end(self, status: RunStatus, frame: BaseFrame) -> None:
         self.status = status
         self.ended_at = time.time()
         self.append(frame)
 
-    def cancel(self) -> bool:
-        if self.task is None or self.task.done():
+    def cancel(self, code: str = "cancelled", message: str = "run cancelled") -> bool:
+        """Cancel the run's task; its log ends with ``error(code, message)``."""
+        if self.task is None or self.task.done() or self.finished:
             return False
+        self._cancel_code, self._cancel_message = code, message
         return self.task.cancel()
 
     def result(self) -> dict[str, Any]:
@@ -208,36 +301,152 @@ class Run:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
-            "frames": len(self.log),
+            "first_token_at": self.first_token_at,
+            "last_seq": self.last_seq,
         }
 
 
 class RunManager:
-    """Owns every run's task; created and shut down by the app's lifespan."""
+    """Owns every run's task: limits, per-thread order, retention, shutdown."""
 
-    def __init__(self) -> None:
+    TOMBSTONES = 100_000
+
+    def __init__(self, limits: RunLimits | None = None) -> None:
+        self.limits = limits or RunLimits()
         self.runs: dict[str, Run] = {}
+        self.accepting = True
+        self.on_finish: list[Any] = []  # callbacks(run), e.g. metrics
+        self._slots = asyncio.Semaphore(self.limits.max_concurrent)
+        self._unfinished = 0  # accepted and not finished: running or waiting
+        self._running = 0  # holding a slot
+        self._threads: dict[str, list[str]] = {}
+        self._finished: deque[tuple[float, str]] = deque()
+        self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, run: Run) -> Run:
-        self.runs[run.run_id] = run
-        run.task = asyncio.create_task(self._guard(run), name=f"run-{run.run_id}")
-        self._tasks.add(run.task)
-        run.task.add_done_callback(self._tasks.discard)
-        return run
+    # -- queries ---------------------------------------------------------------------
 
-    async def _guard(self, run: Run) -> None:
-        try:
-            await run.execute()
-        except asyncio.CancelledError:
-            run.end_cancelled()  # also when cancelled before it started
-        finally:
-            self.runs.pop(run.run_id, None)
+    @property
+    def queued(self) -> int:
+        return self._unfinished - self._running
+
+    @property
+    def active(self) -> int:
+        return self._running
 
     def get(self, run_id: str) -> Run | None:
         return self.runs.get(run_id)
 
+    def was_dropped(self, run_id: str) -> bool:
+        return run_id in self._tombstones
+
+    def thread_runs(self, thread_id: str) -> list[Run]:
+        return [self.runs[r] for r in self._threads.get(thread_id, ()) if r in self.runs]
+
+    def latest_on_thread(self, thread_id: str) -> Run | None:
+        runs = self.thread_runs(thread_id)
+        return runs[-1] if runs else None
+
+    # -- starting --------------------------------------------------------------------
+
+    def submit(self, run: Run, strategy: MultitaskStrategy = "reject") -> Run:
+        """Accept a run (or raise :class:`RunRejected`) and schedule it."""
+        if not self.accepting:
+            raise RunRejected(503, "shutting_down", "the server is shutting down", retry_after=5)
+        before = [r for r in self.thread_runs(run.thread_id) if not r.finished]
+        if before and strategy == "reject":
+            raise RunRejected(
+                409,
+                "thread_busy",
+                f"thread {run.thread_id!r} has an active run ({before[-1].run_id}); "
+                "use multitask_strategy 'enqueue' or 'interrupt'",
+            )
+        # Runs beyond the slots wait; so does a run behind a busy thread's active run.
+        ahead = max(0, self._unfinished - self.limits.max_concurrent)
+        must_wait = bool(before) or self._unfinished >= self.limits.max_concurrent
+        if must_wait and ahead >= self.limits.max_queued:
+            raise RunRejected(429, "queue_full", f"{ahead} runs are already waiting", retry_after=1)
+        if strategy == "interrupt":
+            for active in before:
+                active.cancel(
+                    "cancelled", f"interrupted by run {run.run_id} (multitask_strategy=interrupt)"
+                )
+        if run.timeout is None:
+            run.timeout = self.limits.timeout
+        self.runs[run.run_id] = run
+        self._threads.setdefault(run.thread_id, []).append(run.run_id)
+        run.start_frame(queue_position=ahead + 1 if must_wait else 0)
+        self._unfinished += 1
+        run.task = asyncio.create_task(self._drive(run, before), name=f"run-{run.run_id}")
+        self._tasks.add(run.task)
+        run.task.add_done_callback(self._tasks.discard)
+        return run
+
+    async def _drive(self, run: Run, before: list[Run]) -> None:
+        try:
+            for earlier in before:  # one run at a time per thread, in order
+                await earlier.wait()
+            async with self._slots:
+                self._running += 1
+                try:
+                    await run.execute()
+                finally:
+                    self._running -= 1
+        except asyncio.CancelledError:
+            run.end_cancelled()  # also when cancelled while still waiting
+        finally:
+            self._unfinished -= 1
+            self._finished.append((time.monotonic(), run.run_id))
+            for callback in self.on_finish:
+                callback(run)
+            self.prune()
+
+    # -- retention -------------------------------------------------------------------
+
+    def prune(self, now: float | None = None) -> None:
+        """Drop finished runs past the retention time or count; leave tombstones."""
+        now = time.monotonic() if now is None else now
+        limits = self.limits
+        while self._finished and (
+            len(self._finished) > limits.retention_runs
+            or now - self._finished[0][0] > limits.retention_seconds
+        ):
+            _, run_id = self._finished.popleft()
+            run = self.runs.pop(run_id, None)
+            if run is not None:
+                ids = self._threads.get(run.thread_id)
+                if ids is not None:
+                    ids.remove(run_id)
+                    if not ids:
+                        del self._threads[run.thread_id]
+            self._tombstones[run_id] = None
+            if len(self._tombstones) > self.TOMBSTONES:
+                self._tombstones.popitem(last=False)
+
+    async def janitor(self, interval: float = 1.0) -> None:
+        """Prune by time even when no run finishes (runs in the lifespan)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.prune()
+
+    # -- stopping --------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting runs, let running ones finish for ``grace`` s, cancel the rest."""
+        self.accepting = False
+        pending = {task for task in self._tasks if not task.done()}
+        if pending and grace > 0:
+            logger.info("waiting up to %g s for %d runs to finish", grace, len(pending))
+            await asyncio.wait(pending, timeout=grace)
+        left = sum(not run.finished for run in self.runs.values())
+        if left:
+            logger.info("cancelling %d runs at shutdown", left)
+        await self.shutdown()
+
     async def shutdown(self) -> None:
+        self.accepting = False
+        for run in list(self.runs.values()):
+            run.cancel("shutdown", "the server is shutting down")
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

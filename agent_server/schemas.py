@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
@@ -34,6 +34,9 @@ class RunRequest(BaseModel):
     message: str | None = None
     thread_id: str | None = Field(None, pattern=THREAD_ID_PATTERN)
     config: RunConfig = Field(default_factory=lambda: RunConfig())
+    timeout: float | None = Field(None, gt=0, le=86_400, description="Seconds.")
+    multitask_strategy: Literal["reject", "enqueue", "interrupt"] = "reject"
+    on_disconnect: Literal["cancel", "continue"] | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> RunRequest:

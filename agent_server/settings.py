@@ -13,6 +13,7 @@ Nothing else in the package reads ``os.environ``: the settings object is passed 
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,10 @@ class LangGraphJsonSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         if not self.path.is_file():
             return {}
-        data = json.loads(self.path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: invalid JSON: {exc}") from exc
         graphs = data.get("graphs") if isinstance(data, dict) else None
         if not isinstance(graphs, dict):
             return {}
@@ -111,6 +115,31 @@ class Settings(BaseSettings):
     flush_interval_max: float = Field(0.05, ge=0, le=1)
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest accepted request body.")
 
+    # Runs (docs/configuration.md, "Runs and limits").
+    max_concurrent_runs: int = Field(32, ge=1, description="Runs executing at once.")
+    max_queued_runs: int = Field(1000, ge=0, description="Runs waiting for a slot; 429 past it.")
+    run_timeout: float = Field(600.0, gt=0, description="Default run timeout, seconds.")
+    tool_timeout: float = Field(120.0, gt=0, description="Timeout of one tool call, seconds.")
+    retention_seconds: float = Field(600.0, ge=0, description="Finished runs' logs are kept...")
+    retention_runs: int = Field(1000, ge=0, description="...and at most this many of them.")
+    subscriber_max_lag: int = Field(
+        10_000, ge=1, description="Frames a subscriber may fall behind before it is dropped."
+    )
+    send_timeout: float = Field(
+        10.0, gt=0, description="A send blocked this long drops its client."
+    )
+    sse_retry_ms: int = Field(1000, ge=0, description="The reconnect delay sent as SSE 'retry:'.")
+    reconnect_grace: float = Field(
+        5.0,
+        ge=0,
+        description="On GET /runs/stream, on_disconnect=cancel waits this long for the "
+        "EventSource to come back before cancelling.",
+    )
+    shutdown_grace: float = Field(
+        10.0, ge=0, description="On SIGTERM, seconds running runs get to finish."
+    )
+    log_json: bool = Field(False, description="Write logs as one JSON object per line.")
+
     @field_validator("graphs", mode="before")
     @classmethod
     def _parse_graph_list(cls, value: Any) -> Any:
@@ -130,11 +159,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        try:
+            toml_settings = TomlConfigSettingsSource(settings_cls)
+        except tomllib.TOMLDecodeError as exc:
+            # tomllib's message has the line and column but not the file.
+            raise ValueError(f"{TOML_FILE}: invalid TOML: {exc}") from exc
         return (
             init_settings,
             env_settings,
             dotenv_settings,
-            TomlConfigSettingsSource(settings_cls),
+            toml_settings,
             LangGraphJsonSource(settings_cls, Path(LANGGRAPH_JSON)),
         )
 

@@ -11,8 +11,10 @@ Decisions (read before changing):
   much per frame, and the per-frame cost is what bounds a token stream. What we keep
   from it: a concurrent watch for ``http.disconnect``, so a client that leaves is noticed
   at once, not at the next write, and comment pings on idle streams.
-- A batch of frames that were ready together is written with one ``send``, and a
-  :class:`~agent_server.pacing.Pacer` spaces writes so bursts form batches.
+- A batch of frames that were ready together is written with one ``send``, and
+  :class:`~agent_server.streams.Streams` spaces writes so bursts form batches and
+  bounds slow subscribers.
+- Every stream starts with ``retry:``, so the browser's reconnect delay is ours.
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import nullcontext
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from agent_server.pacing import Pacer
-from agent_server.runs import LogEntry, Run
+from agent_server.runs import LogEntry, Run, SubscriberTooSlow
+from agent_server.streams import Streams
 
 logger = logging.getLogger("agent_server.sse")
 
@@ -49,18 +50,44 @@ def format_events(batch: Iterable[LogEntry], id_prefix: bytes = b"") -> bytes:
 
 async def run_events(
     run: Run,
+    streams: Streams,
     *,
     after: int = 0,
-    ping_interval: float,
-    pacer: Pacer | None = None,
     id_prefix: bytes = b"",
+    retry: bool = True,
 ) -> AsyncIterator[bytes]:
-    """The SSE body for a run: its frames after ``after``, live, then ``[DONE]``."""
-    with pacer.stream() if pacer else nullcontext():
-        async for batch in run.follow(after, heartbeat=ping_interval):
-            yield format_events(batch, id_prefix) if batch else PING
-            if pacer is not None and batch and not run.finished:
-                await asyncio.sleep(pacer.window())
+    """The SSE body for a run: its frames after ``after``, live, then ``[DONE]``.
+
+    A subscriber that falls too far behind gets a comment saying so and the stream ends
+    *without* ``[DONE]``: the client reconnects with ``Last-Event-ID`` and resumes.
+    """
+    # ``retry:`` rides in the first frame's event: a block holding only ``retry:`` is
+    # surfaced as an empty event by some clients (httpx-sse).
+    prefix = b"retry: %d\n" % streams.retry_ms if retry else b""
+    run.subscribers += 1
+    with streams.stream():
+        try:
+            async for batch in run.follow(
+                after,
+                heartbeat=streams.ping_interval,
+                max_lag=streams.max_lag,
+                max_batch=streams.max_batch,
+            ):
+                if not batch:
+                    yield PING
+                    continue
+                yield prefix + format_events(batch, id_prefix)
+                prefix = b""
+                streams.frames_sent += len(batch)
+                if not run.finished:
+                    await asyncio.sleep(streams.window())
+        except SubscriberTooSlow as exc:
+            streams.dropped_slow += 1
+            logger.info("dropped a slow SSE subscriber of run %s: %s", run.run_id, exc)
+            yield b": too slow (%b); reconnect with Last-Event-ID to resume\n\n" % str(exc).encode()
+            return
+        finally:
+            run.subscribers -= 1
     yield DONE
 
 
@@ -76,6 +103,7 @@ class SSEResponse(Response):
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         on_disconnect: Callable[[], object] | None = None,
+        send_timeout: float | None = None,
     ) -> None:
         # Like Starlette's StreamingResponse, this does not call Response.__init__: the
         # body is an iterator, not bytes to render.
@@ -83,13 +111,12 @@ class SSEResponse(Response):
         self.status_code = status_code
         self.background = None
         self.on_disconnect = on_disconnect
+        self.send_timeout = send_timeout
         self.init_headers({**HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": raw_headers}
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         disconnected = False
 
@@ -106,11 +133,16 @@ class SSEResponse(Response):
             async with anyio.create_task_group() as group:
                 group.start_soon(watch_disconnect, group.cancel_scope)
                 async for chunk in self.body_iterator:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    # A client that stopped reading blocks send (uvicorn waits for the
+                    # socket to drain); past the bound we give up on it.
+                    with anyio.fail_after(self.send_timeout):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
         except OSError:
             disconnected = True
+        except TimeoutError:
+            logger.info("dropped an SSE client that stopped reading (send timed out)")
         finally:
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:

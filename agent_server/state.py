@@ -9,9 +9,10 @@ from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from agent_server.graphs import GraphRegistry
-from agent_server.pacing import Pacer
+from agent_server.metrics import Metrics
 from agent_server.runs import RunManager
 from agent_server.settings import Settings
+from agent_server.streams import Streams
 from agent_server.tools import ToolRegistry
 
 
@@ -23,4 +24,5 @@ class AppState:
     runs: RunManager
     checkpointer: BaseCheckpointSaver[Any]
     model: BaseChatModel
-    pacer: Pacer
+    streams: Streams
+    metrics: Metrics

@@ -17,9 +17,14 @@ Decisions:
   payload becomes ``custom(name="custom", data=payload)``.
 - Interrupts are read from the root ``updates`` chunk ``__interrupt__`` (subgraph
   interrupts surface there too), which avoids a state read after the stream ends.
+- An AI message that a node returns without streaming it (no model call, or a model that
+  does not stream) becomes one ``token`` with its whole text, as LangGraph's ``messages``
+  mode does. Messages already in the state (from earlier turns, from the input) or
+  already streamed are never sent again: ids are tracked from the root ``values``.
 - ``namespace`` lists the enclosing subgraph nodes, outermost first (``[]`` at the root),
   without LangGraph's task ids, which mean nothing to a client.
-- Chat models tagged ``nostream`` are not streamed, as in LangGraph's own messages mode.
+- Chat models tagged ``nostream`` are not streamed token by token; their finished
+  message arrives whole (see below), as in LangGraph's own messages mode.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables.schema import StreamEvent
 
 from agent_server.frames import (
@@ -140,6 +145,8 @@ class EventTranslator:
         self.usage = Usage()
         self.interrupted = False
         self.values: Any = None  # the root graph's latest state, for results
+        self._seen_messages: set[str] = set()  # ids already streamed or already in state
+        self._last_message_id: str | None = None
         self._tool_started: dict[str, float] = {}
         self._handlers: dict[str, Callable[[StreamEvent], list[BaseFrame]]] = {
             "on_chat_model_stream": self._on_chat_model_stream,
@@ -164,6 +171,10 @@ class EventTranslator:
         if not text or NOSTREAM_TAG in event.get("tags", ()):
             return []
         metadata = event["metadata"]
+        if chunk.id != self._last_message_id:
+            self._last_message_id = chunk.id
+            if chunk.id:
+                self._seen_messages.add(chunk.id)
         return [
             self.make(
                 Token,
@@ -262,18 +273,68 @@ class EventTranslator:
             return [self.make(Custom, name="custom", data=payload)]
         if mode == "values" and not ns:
             self.values = payload
+            if isinstance(payload, Mapping):
+                for message in _messages_in(payload):
+                    if message.id:
+                        self._seen_messages.add(message.id)
             return []
-        if mode == "updates" and not ns and isinstance(payload, Mapping):
-            interrupts = payload.get("__interrupt__")
-            if interrupts:
-                self.interrupted = True
-                return [
-                    self.make(
-                        Interrupt,
-                        value=getattr(item, "value", item),
-                        resumable=self.resumable,
-                        interrupt_id=getattr(item, "id", None),
-                    )
-                    for item in interrupts
-                ]
+        if mode == "updates" and isinstance(payload, Mapping):
+            frames = self._unstreamed_messages(ns, payload)
+            if not ns:
+                frames.extend(self._interrupts(payload))
+            return frames
         return []
+
+    def _unstreamed_messages(
+        self, ns: tuple[str, ...], payload: Mapping[str, Any]
+    ) -> list[BaseFrame]:
+        """AI messages a node returned without streaming them (no model call, or a model
+        that does not stream) still reach clients: as one token with the whole text."""
+        frames: list[BaseFrame] = []
+        namespace = [part.partition(":")[0] for part in ns]
+        for node, update in payload.items():
+            if node.startswith("__") or not isinstance(update, Mapping):
+                continue
+            for message in _messages_in(update):
+                if not isinstance(message, AIMessage) or message.id in self._seen_messages:
+                    continue
+                if message.id:
+                    self._seen_messages.add(message.id)
+                text = text_of(message.content)
+                if text:
+                    frames.append(
+                        self.make(
+                            Token,
+                            content=text,
+                            message_id=message.id,
+                            node=node,
+                            namespace=namespace,
+                        )
+                    )
+        return frames
+
+    def _interrupts(self, payload: Mapping[str, Any]) -> list[BaseFrame]:
+        interrupts = payload.get("__interrupt__")
+        if not interrupts:
+            return []
+        self.interrupted = True
+        return [
+            self.make(
+                Interrupt,
+                value=getattr(item, "value", item),
+                resumable=self.resumable,
+                interrupt_id=getattr(item, "id", None),
+            )
+            for item in interrupts
+        ]
+
+
+def _messages_in(update: Mapping[str, Any]) -> list[BaseMessage]:
+    """Messages among a state update's values (a message, or a list holding some)."""
+    found: list[BaseMessage] = []
+    for value in update.values():
+        if isinstance(value, BaseMessage):
+            found.append(value)
+        elif isinstance(value, list):
+            found.extend(item for item in value if isinstance(item, BaseMessage))
+    return found

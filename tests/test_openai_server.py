@@ -22,11 +22,14 @@ def test_agent_streams_from_an_openai_compatible_endpoint() -> None:
         settings = test_settings(
             model="openai:gpt-test", openai_api_key="sk-test", openai_base_url=stub.base_url
         )
-        with live_server(create_app(settings)) as url, httpx.Client(timeout=30) as client:
-            with connect_sse(
+        with (
+            live_server(create_app(settings)) as url,
+            httpx.Client(timeout=30) as client,
+            connect_sse(
                 client, "POST", f"{url}/runs/stream", json={"graph": "agent", "message": "go"}
-            ) as source:
-                frames = [parse_frame(e.data) for e in source.iter_sse() if e.data != "[DONE]"]
+            ) as source,
+        ):
+            frames = [parse_frame(e.data) for e in source.iter_sse() if e.data != "[DONE]"]
     kinds = [f.type for f in frames]
     assert kinds[0] == "run_start" and kinds[-1] == "done"
     start = next(f for f in frames if f.type == "tool_start")

@@ -262,5 +262,36 @@ async def test_nostream_models_are_not_streamed() -> None:
 
     graph = StateGraph(MessagesState).add_node("agent", agent).add_edge(START, "agent").compile()
     frames = await run_frames(graph, user("quiet please"))
-    assert not any(isinstance(f, Token) for f in frames)
+    # not streamed token by token; the finished message arrives whole, as in LangGraph's
+    # messages mode
+    tokens = [f for f in frames if isinstance(f, Token)]
+    assert len(tokens) == 1 and "quiet please" in tokens[0].content
     assert isinstance(frames[-1], Done)
+
+
+async def test_messages_returned_without_streaming_become_one_token() -> None:
+    def scripted(state: MessagesState) -> dict:  # type: ignore[type-arg]
+        return {"messages": [AIMessage(content="a canned answer", id="canned-1")]}
+
+    graph = StateGraph(MessagesState).add_node("canned", scripted).add_edge(START, "canned")
+    compiled = graph.compile()
+    frames = await run_frames(compiled, user("x"), thread_id="canned-thread")
+    tokens = [f for f in frames if isinstance(f, Token)]
+    assert [(t.content, t.message_id, t.node) for t in tokens] == [
+        ("a canned answer", "canned-1", "canned")
+    ]
+
+
+async def test_streamed_and_earlier_messages_are_not_repeated() -> None:
+    """A subgraph node hands back the whole state (old turns included): no repeats."""
+    from tests.helpers import entry
+
+    outer = entry(
+        StateGraph(MessagesState).add_node("inner", react()).add_edge(START, "inner").compile()
+    )
+    first = await run_frames(outer, user("hello"), thread_id="repeat")
+    second = await run_frames(outer, user("again"), thread_id="repeat")
+    for frames, word in ((first, "hello"), (second, "again")):
+        tokens = [f for f in frames if isinstance(f, Token)]
+        assert len({t.message_id for t in tokens}) == 1
+        assert word in "".join(t.content for t in tokens)
