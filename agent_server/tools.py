@@ -31,15 +31,19 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
+from langgraph.prebuilt.tool_node import AsyncToolCallWrapper, ToolCallRequest
+from langgraph.types import Command
 from pydantic import BaseModel
 
 from agent_server._importer import import_path
@@ -341,3 +345,45 @@ def _not_a_tool_message(obj: object) -> str:
             "(from langchain_core.tools import tool) before registering it"
         )
     return f"expected a LangChain BaseTool, got {type(obj).__name__}; use @tool to make one"
+
+
+def tool_timeout(seconds: float) -> AsyncToolCallWrapper:
+    """A ``ToolNode(awrap_tool_call=...)`` interceptor that bounds every tool call.
+
+    Past ``seconds`` the call's task is cancelled with a message, so the tool sees it
+    (LangChain reports it as the tool's error: a ``tool_error`` frame) and the agent
+    gets an error ``ToolMessage`` and carries on, as for any failing tool. A sync tool
+    runs in a thread that cannot be stopped: its result is abandoned, not its work.
+    """
+
+    async def bounded(
+        request: ToolCallRequest,
+        execute: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        name = request.tool_call["name"]
+        message = f"tool {name!r} timed out after {seconds:g} s"
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel(message)
+
+        handle = asyncio.get_running_loop().call_later(seconds, expire)
+        try:
+            return await execute(request)
+        except asyncio.CancelledError:
+            if expired and task.uncancel() == 0:
+                return ToolMessage(
+                    content=message,
+                    name=name,
+                    tool_call_id=request.tool_call["id"],
+                    status="error",
+                )
+            raise
+        finally:
+            handle.cancel()
+
+    return bounded

@@ -4,7 +4,8 @@ Registered as ``agent`` in ``agent_server.toml``. The server calls ``make_graph`
 with its tool registry and chat model (the offline scripted model unless
 ``AGENT_SERVER_MODEL`` names another). Tools are looked up on every turn, so a tool
 registered while the server runs (``registry.register(my_tool)`` in a notebook) is
-used at once.
+used at once. Every tool call is bounded by ``AGENT_SERVER_TOOL_TIMEOUT``: a tool that
+takes longer fails like any tool error, and the model is told.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-from agent_server.tools import ToolRegistry
+from agent_server.settings import Settings
+from agent_server.tools import ToolRegistry, tool_timeout
 
 
-def make_graph(tools: ToolRegistry, model: BaseChatModel) -> CompiledStateGraph:
+def make_graph(
+    tools: ToolRegistry, model: BaseChatModel, settings: Settings | None = None
+) -> CompiledStateGraph:
     """A tool-calling agent over every registered tool."""
+    bound = tool_timeout(settings.tool_timeout) if settings is not None else None
 
     async def agent(state: MessagesState, config: RunnableConfig) -> dict[str, list]:
         bound = model.bind_tools(tools.get_tools())
@@ -27,7 +32,7 @@ def make_graph(tools: ToolRegistry, model: BaseChatModel) -> CompiledStateGraph:
 
     async def call_tools(state: MessagesState, config: RunnableConfig) -> dict[str, list]:
         # A fresh ToolNode per turn picks up tools registered since the graph was built.
-        node = ToolNode(tools.get_tools(), handle_tool_errors=True)
+        node = ToolNode(tools.get_tools(), handle_tool_errors=True, awrap_tool_call=bound)
         return await node.ainvoke(state, config)
 
     builder = StateGraph(MessagesState)

@@ -152,3 +152,22 @@ def test_long_task_schema_shows_bounds(registry: ToolRegistry) -> None:
     (entry,) = [entry for entry in registry.describe() if entry["name"] == "long_task"]
     steps = entry["args_schema"]["properties"]["steps"]
     assert (steps["minimum"], steps["maximum"], steps["default"]) == (1, 50, 5)
+
+
+async def test_agent_bounds_tool_calls_with_the_tool_timeout() -> None:
+    """A tool past AGENT_SERVER_TOOL_TIMEOUT fails like any tool; the agent carries on."""
+    from agent_server.chat_model import ScriptedChatModel
+    from agent_server.frames import Done, ToolError
+    from agent_server.settings import Settings
+    from graphs.agent import make_graph
+    from tests.helpers import entry, run_frames, user
+
+    settings = Settings(tool_timeout=0.2, database_url="memory://")
+    graph = make_graph(ToolRegistry.from_sources(TOOLS_DIR), ScriptedChatModel(), settings)
+    frames = await run_frames(entry(graph), user('/long_task {"steps": 1, "delay": 5}'))
+    error = next(f for f in frames if isinstance(f, ToolError))
+    assert error.name == "long_task" and "timed out after 0.2 s" in error.error
+    assert error.tool_call_id
+    assert isinstance(frames[-1], Done)
+    answer = "".join(f.content for f in frames if f.type == "token")
+    assert "long_task" in answer and "timed out" in answer
