@@ -15,19 +15,24 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import WebSocketRoute
 
+from agent_server.auth import AuthMiddleware, load_verifier
 from agent_server.chat_model import load_chat_model
+from agent_server.connections import ConnectionManager
 from agent_server.graphs import UnknownGraphError, load_graphs
 from agent_server.metrics import Metrics
 from agent_server.routes import rejected, routes
-from agent_server.runs import RunLimits, RunManager, RunRejected
+from agent_server.runs import Forbidden, RunLimits, RunManager, RunRejected
 from agent_server.schemas import RequestError, error_response, validation_error_response
 from agent_server.settings import Settings
 from agent_server.state import AppState
 from agent_server.streams import Streams
 from agent_server.tools import ToolRegistry
+from agent_server.ws import fan_out, websocket_endpoint
 
 logger = logging.getLogger("agent_server")
 
@@ -78,6 +83,9 @@ async def open_state(
             send_timeout=settings.send_timeout,
             retry_ms=settings.sse_retry_ms,
         )
+        connections = ConnectionManager()
+        sessions: dict[str, Any] = {}
+        runs.on_submit.append(fan_out(connections, sessions))
         janitor = asyncio.create_task(runs.janitor(), name="agent-server-janitor")
         try:
             yield AppState(
@@ -89,6 +97,8 @@ async def open_state(
                 model=model,
                 streams=streams,
                 metrics=Metrics(runs, streams),
+                connections=connections,
+                sessions=sessions,
             )
         finally:
             janitor.cancel()
@@ -103,6 +113,11 @@ async def _request_error(request: Request, exc: Exception) -> Response:
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
     return validation_error_response(exc)
+
+
+async def _forbidden(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Forbidden)
+    return error_response(403, "forbidden", exc.message)
 
 
 async def _unknown_graph(request: Request, exc: Exception) -> Response:
@@ -139,11 +154,13 @@ def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None =
             yield
 
     return Starlette(
-        routes=routes(),
+        routes=[*routes(), WebSocketRoute("/ws", websocket_endpoint)],
+        middleware=[Middleware(AuthMiddleware, verifier=load_verifier(settings))],
         lifespan=lifespan,
         exception_handlers={
             RequestError: _request_error,
             RunRejected: rejected,
+            Forbidden: _forbidden,
             ValidationError: _validation_error,
             UnknownGraphError: _unknown_graph,
             HTTPException: _http_error,

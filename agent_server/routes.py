@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from agent_server.auth import user_id
 from agent_server.frames import dumps
 from agent_server.runs import Run, RunRejected
 from agent_server.schemas import (
@@ -73,9 +74,10 @@ def query_run_request(request: Request, state: AppState) -> RunRequest:
     return RunRequest.model_validate(data)
 
 
-def start_run(state: AppState, body: RunRequest) -> Run:
+def start_run(state: AppState, body: RunRequest, request: Request) -> Run:
     entry = state.graphs.get(body.graph)
     run = Run(
+        owner=user_id(request.scope),
         graph=entry,
         input=body.graph_input(),
         thread_id=body.thread_id or str(uuid.uuid4()),
@@ -85,9 +87,10 @@ def start_run(state: AppState, body: RunRequest) -> Run:
     return state.runs.submit(run, body.multitask_strategy)
 
 
-def find_run(state: AppState, run_id: str) -> Run:
+def find_run(state: AppState, run_id: str, request: Request) -> Run:
     run = state.runs.get(run_id)
     if run is not None:
+        state.runs.check_run(run, user_id(request.scope))
         return run
     if state.runs.was_dropped(run_id):
         raise RequestError(410, "run_gone", f"run {run_id} has finished and its log was dropped")
@@ -139,7 +142,7 @@ def parse_seq(text: str, what: str) -> int:
 async def post_runs_stream(request: Request) -> Response:
     state = app_state(request)
     body = await parse_run_request(request, state)
-    run = start_run(state, body)
+    run = start_run(state, body, request)
     return stream_response(state, run, on_disconnect=body.on_disconnect or "cancel")
 
 
@@ -156,6 +159,7 @@ async def get_runs_stream(request: Request) -> Response:
         run = state.runs.get(run_id)
         if run is None or (run.finished and seq >= run.last_seq):
             return Response(status_code=204)
+        state.runs.check_run(run, user_id(request.scope))
         return stream_response(
             state,
             run,
@@ -165,7 +169,7 @@ async def get_runs_stream(request: Request) -> Response:
             grace=state.settings.reconnect_grace,
         )
     body = query_run_request(request, state)
-    run = start_run(state, body)
+    run = start_run(state, body, request)
     run.on_disconnect = body.on_disconnect or "cancel"
     return stream_response(
         state,
@@ -178,7 +182,7 @@ async def get_runs_stream(request: Request) -> Response:
 
 async def post_runs(request: Request) -> Response:
     state = app_state(request)
-    run = start_run(state, await parse_run_request(request, state))
+    run = start_run(state, await parse_run_request(request, state), request)
     location = str(request.url_for("get_run", run_id=run.run_id))
     return JSONResponse(run.describe(), status_code=202, headers={"Location": location})
 
@@ -186,7 +190,7 @@ async def post_runs(request: Request) -> Response:
 async def post_runs_wait(request: Request) -> Response:
     state = app_state(request)
     body = await parse_run_request(request, state)
-    run = start_run(state, body)
+    run = start_run(state, body, request)
     try:
         await run.wait()
     finally:
@@ -197,12 +201,12 @@ async def post_runs_wait(request: Request) -> Response:
 
 async def get_run(request: Request) -> Response:
     state = app_state(request)
-    return JSONResponse(find_run(state, request.path_params["run_id"]).describe())
+    return JSONResponse(find_run(state, request.path_params["run_id"], request).describe())
 
 
 async def get_run_stream(request: Request) -> Response:
     state = app_state(request)
-    run = find_run(state, request.path_params["run_id"])
+    run = find_run(state, request.path_params["run_id"], request)
     after = 0
     resume = last_event_id(request) or request.query_params.get("after")
     if resume is not None:
@@ -215,7 +219,7 @@ async def get_run_stream(request: Request) -> Response:
 
 async def post_run_cancel(request: Request) -> Response:
     state = app_state(request)
-    run = find_run(state, request.path_params["run_id"])
+    run = find_run(state, request.path_params["run_id"], request)
     if run.finished:
         return error_response(409, "run_finished", f"run {run.run_id} is already {run.status}")
     run.cancel("cancelled", "cancelled by request")
@@ -225,13 +229,20 @@ async def post_run_cancel(request: Request) -> Response:
 
 async def get_thread_runs(request: Request) -> Response:
     state = app_state(request)
-    runs = state.runs.thread_runs(request.path_params["thread_id"])
+    thread_id = request.path_params["thread_id"]
+    state.runs.check_thread(thread_id, user_id(request.scope))
+    runs = state.runs.thread_runs(thread_id)
     return JSONResponse({"runs": [run.describe() for run in runs]})
 
 
 async def get_thread_state(request: Request) -> Response:
     state = app_state(request)
     thread_id = request.path_params["thread_id"]
+    user = user_id(request.scope)
+    state.runs.check_thread(thread_id, user)
+    if user is not None and not state.runs.thread_runs(thread_id):
+        # With auth on, a thread this server has no owner record of is not shown to anyone.
+        raise RequestError(404, "thread_not_found", f"no known runs on thread {thread_id!r}")
     graph_name = request.query_params.get("graph")
     if graph_name is None:
         latest = state.runs.latest_on_thread(thread_id)

@@ -22,6 +22,8 @@ Decisions (read before changing):
 - Finished runs are kept for ``retention_seconds`` and at most ``retention_runs`` of
   them; a dropped run leaves a tombstone so that asking for it is "gone" (410), never a
   partial replay.
+- Threads belong to the user whose run created them (``owner``; ``None`` without
+  auth): another user's run on it, or any look at it, raises :class:`Forbidden`.
 - Per thread, runs are serialised: a run on a busy thread is rejected, waits for the
   active one (``enqueue``), or cancels it first (``interrupt``), as LangGraph's server
   does with the same strategy names.
@@ -35,7 +37,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -97,6 +99,14 @@ class RunRejected(Exception):
         self.retry_after = retry_after
 
 
+class Forbidden(Exception):
+    """The caller does not own the thread (or run) it names."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class SubscriberTooSlow(Exception):
     """The subscriber fell too far behind the run; it should reconnect and resume."""
 
@@ -140,6 +150,7 @@ class Run:
     ended_at: float | None = None
     first_token_at: float | None = None
     on_disconnect: Literal["cancel", "continue"] = "cancel"
+    owner: str | None = None  # the user id that started it (None without auth)
     subscribers: int = 0
     log: list[LogEntry] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
@@ -315,7 +326,9 @@ class RunManager:
         self.limits = limits or RunLimits()
         self.runs: dict[str, Run] = {}
         self.accepting = True
-        self.on_finish: list[Any] = []  # callbacks(run), e.g. metrics
+        self.on_finish: list[Callable[[Run], None]] = []  # e.g. metrics
+        self.on_submit: list[Callable[[Run], None]] = []  # e.g. room fan-out
+        self._thread_owners: dict[str, str | None] = {}
         self._slots = asyncio.Semaphore(self.limits.max_concurrent)
         self._unfinished = 0  # accepted and not finished: running or waiting
         self._running = 0  # holding a slot
@@ -347,12 +360,27 @@ class RunManager:
         runs = self.thread_runs(thread_id)
         return runs[-1] if runs else None
 
+    def check_thread(self, thread_id: str, user: str | None) -> None:
+        """Threads belong to the user whose run created them; raise :class:`Forbidden`."""
+        owner = self._thread_owners.get(thread_id)
+        if owner is not None and owner != user:
+            raise Forbidden(f"thread {thread_id!r} belongs to another user")
+
+    def check_run(self, run: Run, user: str | None) -> None:
+        if run.owner is not None and run.owner != user:
+            raise Forbidden(f"run {run.run_id} belongs to another user")
+
+    def owned_thread(self, thread_id: str, user: str | None) -> bool:
+        owner = self._thread_owners.get(thread_id)
+        return owner is None or owner == user
+
     # -- starting --------------------------------------------------------------------
 
     def submit(self, run: Run, strategy: MultitaskStrategy = "reject") -> Run:
         """Accept a run (or raise :class:`RunRejected`) and schedule it."""
         if not self.accepting:
             raise RunRejected(503, "shutting_down", "the server is shutting down", retry_after=5)
+        self.check_thread(run.thread_id, run.owner)
         before = [r for r in self.thread_runs(run.thread_id) if not r.finished]
         if before and strategy == "reject":
             raise RunRejected(
@@ -375,11 +403,14 @@ class RunManager:
             run.timeout = self.limits.timeout
         self.runs[run.run_id] = run
         self._threads.setdefault(run.thread_id, []).append(run.run_id)
+        self._thread_owners.setdefault(run.thread_id, run.owner)
         run.start_frame(queue_position=ahead + 1 if must_wait else 0)
         self._unfinished += 1
         run.task = asyncio.create_task(self._drive(run, before), name=f"run-{run.run_id}")
         self._tasks.add(run.task)
         run.task.add_done_callback(self._tasks.discard)
+        for callback in self.on_submit:
+            callback(run)
         return run
 
     async def _drive(self, run: Run, before: list[Run]) -> None:

@@ -140,6 +140,29 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(False, description="Write logs as one JSON object per line.")
 
+    # Authentication (docs/auth.md).
+    auth: str = Field(
+        "none", description="'none', 'api_keys', 'jwt', or 'module:function' (async verifier)."
+    )
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description="For auth=api_keys: user id -> key."
+    )
+    jwt_key: SecretStr | None = Field(
+        None, description="For auth=jwt: the HS256 secret or the RS256 public key (PEM)."
+    )
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["HS256"])
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+
+    # WebSocket sessions (docs/protocol.md, "WebSocket").
+    ws_ping_interval: float = Field(20.0, gt=0, description="Seconds between app-level pings.")
+    ws_idle_timeout: float = Field(
+        60.0, gt=0, description="A socket silent this long (no message, no pong) is closed."
+    )
+    ws_max_message_bytes: int = Field(1_000_000, gt=0, description="Larger messages: close 1009.")
+    ws_rate_limit: float = Field(20.0, gt=0, description="Client messages per second, sustained.")
+    ws_rate_burst: int = Field(60, ge=1, description="Client messages allowed in a burst.")
+
     @field_validator("graphs", mode="before")
     @classmethod
     def _parse_graph_list(cls, value: Any) -> Any:

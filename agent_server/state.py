@@ -8,6 +8,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
+from agent_server.connections import ConnectionManager
 from agent_server.graphs import GraphRegistry
 from agent_server.metrics import Metrics
 from agent_server.runs import RunManager
@@ -26,3 +27,6 @@ class AppState:
     model: BaseChatModel
     streams: Streams
     metrics: Metrics
+    connections: ConnectionManager
+    # client id -> agent_server.ws.Session (typed loosely: ws imports this module)
+    sessions: dict[str, Any]

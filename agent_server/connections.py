@@ -1,0 +1,173 @@
+"""Live WebSocket connections and rooms.
+
+The :class:`ConnectionManager` (one per app, created in the lifespan) keeps every open
+socket by client id and every room (a room is a thread) by member. It is the one place
+that knows who is connected, so it is also where cleanup happens: :meth:`remove` drops a
+client from every table and cancels its tasks, whatever way the socket ended. Tests
+assert the tables are empty after many sockets come and go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_server.auth import User
+from agent_server.frames import dumps
+
+SendText = Callable[[str], Awaitable[None]]
+
+
+def frames_message(datas: list[bytes]) -> str:
+    """One frame as an object, several ready at once as an array: one message either way."""
+    if len(datas) == 1:
+        return datas[0].decode()
+    return (b"[" + b",".join(datas) + b"]").decode()
+
+
+@dataclass(eq=False)
+class Connection:
+    """One socket: its sender, its user, what it watches, and the tasks doing it."""
+
+    send_text: SendText
+    user: User | None = None
+    client_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    rooms: set[str] = field(default_factory=set)
+    threads: set[str] = field(default_factory=set)  # subscribed without presence
+    followers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # run id -> task
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    send_timeout: float = 10.0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def user_id(self) -> str | None:
+        return self.user.id if self.user is not None else None
+
+    async def send(self, message: dict[str, Any] | bytes) -> None:
+        """Send one JSON message; raises ``TimeoutError`` if the peer stops reading."""
+        data = message if isinstance(message, bytes) else dumps(message)
+        async with asyncio.timeout(self.send_timeout):
+            await self.send_text(data.decode())
+
+    async def send_frames(self, datas: list[bytes]) -> None:
+        """One batch of encoded frames as one message (see :func:`frames_message`)."""
+        async with asyncio.timeout(self.send_timeout):
+            await self.send_text(frames_message(datas))
+
+    def spawn(self, coroutine: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        task.set_name(f"{name} [{self.client_id}]")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+
+class ConnectionManager:
+    def __init__(self) -> None:
+        self.clients: dict[str, Connection] = {}
+        self.rooms: dict[str, set[str]] = {}  # thread id -> client ids (members)
+        self.watchers: dict[str, set[str]] = {}  # thread id -> client ids (rooms + subscribers)
+
+    def add(self, connection: Connection) -> None:
+        self.clients[connection.client_id] = connection
+
+    async def remove(self, connection: Connection) -> None:
+        """Forget a client everywhere and stop its tasks (every kind of disconnect)."""
+        self.clients.pop(connection.client_id, None)
+        for thread_id in list(connection.rooms):
+            await self.leave(connection, thread_id)
+        for thread_id in list(connection.threads):
+            self.unwatch(connection, thread_id)
+        tasks = [task for task in connection.tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        connection.followers.clear()
+
+    # -- rooms -----------------------------------------------------------------------
+
+    def members(self, thread_id: str) -> list[Connection]:
+        return [self.clients[c] for c in self.rooms.get(thread_id, ()) if c in self.clients]
+
+    async def join(self, connection: Connection, thread_id: str) -> None:
+        self.rooms.setdefault(thread_id, set()).add(connection.client_id)
+        connection.rooms.add(thread_id)
+        self.watch(connection, thread_id)
+        await self.presence(thread_id, connection, "join")
+
+    async def leave(self, connection: Connection, thread_id: str) -> None:
+        members = self.rooms.get(thread_id)
+        if members is not None:
+            members.discard(connection.client_id)
+            if not members:
+                del self.rooms[thread_id]
+        if thread_id in connection.rooms:
+            connection.rooms.discard(thread_id)
+            if thread_id not in connection.threads:
+                self._unwatch(connection.client_id, thread_id)
+            await self.presence(thread_id, connection, "leave")
+
+    async def presence(self, thread_id: str, connection: Connection, event: str) -> None:
+        members = self.members(thread_id)
+        message = {
+            "type": "presence",
+            "thread_id": thread_id,
+            "event": event,
+            "client_id": connection.client_id,
+            "user": connection.user_id,
+            "members": [
+                {"client_id": member.client_id, "user": member.user_id} for member in members
+            ],
+        }
+        await self.broadcast(message, members)
+
+    # -- thread watchers (rooms and plain subscriptions) -----------------------------------
+
+    def watch(self, connection: Connection, thread_id: str) -> None:
+        self.watchers.setdefault(thread_id, set()).add(connection.client_id)
+
+    def unwatch(self, connection: Connection, thread_id: str) -> None:
+        connection.threads.discard(thread_id)
+        if thread_id not in connection.rooms:
+            self._unwatch(connection.client_id, thread_id)
+
+    def _unwatch(self, client_id: str, thread_id: str) -> None:
+        watchers = self.watchers.get(thread_id)
+        if watchers is not None:
+            watchers.discard(client_id)
+            if not watchers:
+                del self.watchers[thread_id]
+
+    def watching(self, thread_id: str) -> list[Connection]:
+        return [self.clients[c] for c in self.watchers.get(thread_id, ()) if c in self.clients]
+
+    # -- sending ---------------------------------------------------------------------
+
+    async def send(self, client_id: str, message: dict[str, Any]) -> bool:
+        connection = self.clients.get(client_id)
+        if connection is None:
+            return False
+        return await self._try_send(connection, dumps(message))
+
+    async def broadcast(
+        self,
+        message: dict[str, Any],
+        to: Iterable[Connection] | None = None,
+        *,
+        exclude: Connection | None = None,
+    ) -> None:
+        """Send to ``to`` (default: every client), minus ``exclude`` (e.g. the sender)."""
+        data = dumps(message)  # serialised once for every recipient
+        targets = [c for c in (self.clients.values() if to is None else to) if c is not exclude]
+        await asyncio.gather(*(self._try_send(c, data) for c in targets))
+
+    async def _try_send(self, connection: Connection, data: bytes) -> bool:
+        try:
+            await connection.send(data)
+        except Exception:
+            return False  # its own handler notices the dead socket and cleans up
+        return True

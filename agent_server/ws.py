@@ -1,0 +1,467 @@
+"""The WebSocket endpoint ``/ws``: several runs, rooms and human-in-the-loop on one socket.
+
+Client messages are JSON objects with a ``type`` (see :data:`ClientMessage`); server
+messages are the protocol's frames, plus a few socket-level messages (``run_accepted``,
+``subscribed``, ``unsubscribed``, ``presence``, ``ping``, ``pong``, ``error``). See
+docs/protocol.md, "WebSocket".
+
+Decisions (read before changing):
+
+- A socket follows a run with one task per run: it reads the run's log like an SSE
+  subscriber and sends each batch as one message: a frame object, or a JSON array of
+  frames when several were ready at once (that is the write coalescing of SSE; a
+  client handles both shapes). Pacing is shared with SSE (:mod:`agent_server.streams`).
+- Bad input gets an ``error`` message naming the problem, and the socket stays open.
+  Only a message over the size limit (1009), a flood beyond the rate limit (1008), a
+  failed authentication (1008, after accepting: a close before accepting reaches the
+  browser as a bare HTTP 403), silence past the idle timeout (4001) and a client too
+  slow to keep up (4008) close it.
+- Close codes follow one convention: 4000-4499 mean "reconnect and resume",
+  4500-4999 "do not reconnect" (as Centrifugo does); standard codes keep their meaning.
+- ``resume`` answers an interrupt by starting the continuation as a new run on the same
+  thread (``Command(resume=value)``), with its own ``run_id`` and ``run_start``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import orjson
+from langgraph.types import Command
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from agent_server.auth import BEARER_PROTOCOL_PREFIX, SUBPROTOCOL, User
+from agent_server.connections import Connection, ConnectionManager
+from agent_server.graphs import UnknownGraphError
+from agent_server.runs import Forbidden, Run, RunRejected, SubscriberTooSlow
+from agent_server.schemas import THREAD_ID_PATTERN, RunConfig
+from agent_server.state import AppState
+
+logger = logging.getLogger("agent_server.ws")
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008  # authentication failed; rate limit exceeded
+CLOSE_TOO_BIG = 1009
+CLOSE_IDLE = 4001  # no message or pong within the idle timeout: reconnect
+CLOSE_SLOW = 4008  # could not keep up with its runs: reconnect and resume from the log
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunMessage(_Message):
+    type: Literal["run"]
+    graph: str = Field(min_length=1)
+    input: Any = None
+    message: str | None = None
+    thread_id: str | None = Field(None, pattern=THREAD_ID_PATTERN)
+    client_run_id: str | None = Field(None, max_length=200)
+    config: RunConfig = Field(default_factory=lambda: RunConfig())
+    timeout: float | None = Field(None, gt=0, le=86_400)
+    multitask_strategy: Literal["reject", "enqueue", "interrupt"] = "reject"
+
+    def graph_input(self) -> Any:
+        if self.message is not None:
+            return {"messages": [{"role": "user", "content": self.message}]}
+        return self.input
+
+
+class CancelMessage(_Message):
+    type: Literal["cancel"]
+    run_id: str
+
+
+class ResumeMessage(_Message):
+    type: Literal["resume"]
+    run_id: str | None = None
+    thread_id: str | None = None
+    graph: str | None = None
+    value: Any = None
+    client_run_id: str | None = Field(None, max_length=200)
+
+
+class SubscribeMessage(_Message):
+    type: Literal["subscribe", "unsubscribe"]
+    run_id: str | None = None
+    thread_id: str | None = None
+    after: int = Field(0, ge=0)
+
+
+class RoomMessage(_Message):
+    type: Literal["join", "leave"]
+    thread_id: str = Field(pattern=THREAD_ID_PATTERN)
+
+
+class PingMessage(_Message):
+    type: Literal["ping", "pong"]
+    id: Any = None
+
+
+ClientMessage = Annotated[
+    RunMessage | CancelMessage | ResumeMessage | SubscribeMessage | RoomMessage | PingMessage,
+    Field(discriminator="type"),
+]
+CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+CLIENT_TYPES = ("run", "cancel", "resume", "subscribe", "unsubscribe", "join", "leave", "ping")
+
+
+class ClientError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class CloseSocket(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class TokenBucket:
+    """``rate`` messages per second sustained, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class Session:
+    """One socket's life: accept, read messages, follow runs, heartbeat, clean up."""
+
+    def __init__(self, websocket: WebSocket, state: AppState) -> None:
+        self.websocket = websocket
+        self.state = state
+        self.settings = state.settings
+        self.connections: ConnectionManager = state.connections
+        user = websocket.scope.get("user")
+        self.connection = Connection(
+            send_text=websocket.send_text,
+            user=user if isinstance(user, User) else None,
+            send_timeout=state.streams.send_timeout,
+        )
+        self.reserved: set[str] = set()  # runs this socket will follow once acknowledged
+        self.last_heard = time.monotonic()
+        self.closing: tuple[int, str] | None = None
+
+    async def serve(self) -> None:
+        websocket = self.websocket
+        offered = websocket.scope.get("subprotocols") or []
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+        if subprotocol is None and any(p.startswith(BEARER_PROTOCOL_PREFIX) for p in offered):
+            subprotocol = SUBPROTOCOL  # a browser offered its token that way
+        await websocket.accept(subprotocol=subprotocol)
+        auth_error = websocket.scope.get("auth_error")
+        if auth_error:
+            await websocket.close(CLOSE_POLICY, f"unauthorized: {auth_error}")
+            return
+        self.connections.add(self.connection)
+        heartbeat = self.connection.spawn(self.heartbeat(), "ws-heartbeat")
+        try:
+            await self.receive_loop()
+        except WebSocketDisconnect:
+            pass
+        except CloseSocket as close:
+            self.closing = (close.code, close.reason)
+        finally:
+            heartbeat.cancel()
+            await self.connections.remove(self.connection)
+            if self.closing is not None:
+                await self.close_now(*self.closing)
+
+    async def receive_loop(self) -> None:
+        bucket = TokenBucket(self.settings.ws_rate_limit, self.settings.ws_rate_burst)
+        limit = self.settings.ws_max_message_bytes
+        while self.closing is None:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", CLOSE_NORMAL))
+            raw: str | bytes | None = message.get("text")
+            if raw is None:
+                raw = message.get("bytes") or b""
+            self.last_heard = time.monotonic()
+            size = len(raw.encode() if isinstance(raw, str) else raw)
+            if size > limit:
+                raise CloseSocket(CLOSE_TOO_BIG, f"message of {size} bytes exceeds {limit}")
+            if not bucket.take():
+                raise CloseSocket(CLOSE_POLICY, "rate limit exceeded")
+            await self.handle(raw)
+        raise CloseSocket(*self.closing)
+
+    async def handle(self, raw: str | bytes) -> None:
+        request_type: str | None = None
+        client_run_id: str | None = None
+        try:
+            try:
+                data = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise ClientError("invalid_json", "message is not valid JSON") from None
+            if not isinstance(data, dict):
+                raise ClientError("invalid_message", "message must be a JSON object")
+            request_type = data.get("type") if isinstance(data.get("type"), str) else None
+            client_run_id = data.get("client_run_id")
+            if request_type not in CLIENT_TYPES and request_type != "pong":
+                raise ClientError(
+                    "unknown_type",
+                    f"unknown message type {data.get('type')!r}; expected one of "
+                    + ", ".join(CLIENT_TYPES),
+                )
+            try:
+                message = CLIENT_MESSAGE.validate_python(data)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"][1:]) or "message"
+                raise ClientError("invalid_message", f"{where}: {first['msg']}") from None
+            await self.dispatch(message)
+        except ClientError as exc:
+            await self.error(exc.code, exc.message, request_type, client_run_id)
+        except Forbidden as exc:
+            await self.error("forbidden", exc.message, request_type, client_run_id)
+        except UnknownGraphError as exc:
+            await self.error("graph_not_found", str(exc), request_type, client_run_id)
+        except RunRejected as exc:
+            await self.error(exc.code, exc.message, request_type, client_run_id)
+
+    async def error(
+        self, code: str, message: str, request: str | None, client_run_id: str | None
+    ) -> None:
+        body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if request is not None:
+            body["request"] = request
+        if client_run_id is not None:
+            body["client_run_id"] = client_run_id
+        await self.send(body)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        try:
+            await self.connection.send(message)
+        except TimeoutError:
+            self.closing = (CLOSE_SLOW, "too slow to keep up; reconnect and resume")
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def dispatch(self, message: BaseModel) -> None:
+        if isinstance(message, RunMessage):
+            await self.start(message)
+        elif isinstance(message, CancelMessage):
+            run = self.find_run(message.run_id)
+            if run.finished:
+                raise ClientError("run_finished", f"run {run.run_id} is already {run.status}")
+            run.cancel("cancelled", "cancelled by the client")
+        elif isinstance(message, ResumeMessage):
+            await self.resume(message)
+        elif isinstance(message, SubscribeMessage):
+            await self.subscription(message)
+        elif isinstance(message, RoomMessage):
+            self.state.runs.check_thread(message.thread_id, self.connection.user_id)
+            if message.type == "join":
+                await self.connections.join(self.connection, message.thread_id)
+                self.follow_thread(message.thread_id)
+            else:
+                await self.connections.leave(self.connection, message.thread_id)
+        elif isinstance(message, PingMessage) and message.type == "ping":
+            await self.send({"type": "pong", "id": message.id, "ts": _now_ms()})
+
+    def find_run(self, run_id: str) -> Run:
+        run = self.state.runs.get(run_id)
+        if run is None:
+            gone = self.state.runs.was_dropped(run_id)
+            raise ClientError(
+                "run_gone" if gone else "run_not_found",
+                f"run {run_id} {'was dropped' if gone else 'does not exist'}",
+            )
+        self.state.runs.check_run(run, self.connection.user_id)
+        return run
+
+    async def start(self, message: RunMessage) -> None:
+        has_input = "input" in message.model_fields_set
+        if has_input == (message.message is not None):
+            raise ClientError("invalid_message", "give exactly one of 'input' or 'message'")
+        entry = self.state.graphs.get(message.graph)
+        config: dict[str, Any] = message.config.model_dump()
+        run = Run(
+            graph=entry,
+            input=message.graph_input(),
+            thread_id=message.thread_id or str(uuid.uuid4()),
+            config=config,  # type: ignore[arg-type]
+            timeout=message.timeout,
+            owner=self.connection.user_id,
+            on_disconnect="continue",
+        )
+        await self.submit(run, message.multitask_strategy, message.client_run_id)
+
+    async def resume(self, message: ResumeMessage) -> None:
+        runs = self.state.runs
+        if message.run_id is not None:
+            previous: Run | None = self.find_run(message.run_id)
+            assert previous is not None
+            thread_id = previous.thread_id
+        elif message.thread_id is not None:
+            thread_id = message.thread_id
+            runs.check_thread(thread_id, self.connection.user_id)
+            previous = runs.latest_on_thread(thread_id)
+        else:
+            raise ClientError("invalid_message", "resume needs 'run_id' or 'thread_id'")
+        graph_name = message.graph or (previous.graph.name if previous else None)
+        if graph_name is None:
+            raise ClientError("invalid_message", f"thread {thread_id!r} unknown here: give 'graph'")
+        entry = self.state.graphs.get(graph_name)
+        snapshot = await entry.graph.aget_state({"configurable": {"thread_id": thread_id}})
+        if not snapshot.interrupts:
+            raise ClientError(
+                "not_interrupted", f"thread {thread_id!r} is not waiting on an interrupt"
+            )
+        run = Run(
+            graph=entry,
+            input=Command(resume=message.value),
+            thread_id=thread_id,
+            owner=self.connection.user_id,
+            on_disconnect="continue",
+        )
+        await self.submit(run, "reject", message.client_run_id)
+
+    async def submit(self, run: Run, strategy: Any, client_run_id: str | None) -> None:
+        self.reserved.add(run.run_id)  # the room fan-out must not race our acknowledgement
+        try:
+            self.state.runs.submit(run, strategy)
+            accepted: dict[str, Any] = {
+                "type": "run_accepted",
+                "run_id": run.run_id,
+                "thread_id": run.thread_id,
+                "graph": run.graph.name,
+            }
+            if client_run_id is not None:
+                accepted["client_run_id"] = client_run_id
+            await self.send(accepted)
+            self.follow(run)
+        finally:
+            self.reserved.discard(run.run_id)
+
+    async def subscription(self, message: SubscribeMessage) -> None:
+        if (message.run_id is None) == (message.thread_id is None):
+            raise ClientError("invalid_message", "give exactly one of 'run_id' or 'thread_id'")
+        if message.type == "subscribe":
+            if message.run_id is not None:
+                run = self.find_run(message.run_id)
+                if run.finished and message.after > run.last_seq:
+                    raise ClientError("invalid_message", f"after={message.after} is beyond the log")
+                self.follow(run, message.after)
+                await self.send({"type": "subscribed", "run_id": run.run_id})
+            else:
+                assert message.thread_id is not None
+                self.state.runs.check_thread(message.thread_id, self.connection.user_id)
+                self.connection.threads.add(message.thread_id)
+                self.connections.watch(self.connection, message.thread_id)
+                self.follow_thread(message.thread_id)
+                await self.send({"type": "subscribed", "thread_id": message.thread_id})
+            return
+        if message.run_id is not None:
+            task = self.connection.followers.pop(message.run_id, None)
+            if task is not None:
+                task.cancel()
+            await self.send({"type": "unsubscribed", "run_id": message.run_id})
+        else:
+            assert message.thread_id is not None
+            self.connections.unwatch(self.connection, message.thread_id)
+            await self.send({"type": "unsubscribed", "thread_id": message.thread_id})
+
+    # -- following runs ----------------------------------------------------------------
+
+    def follow_thread(self, thread_id: str) -> None:
+        for run in self.state.runs.thread_runs(thread_id):
+            if not run.finished:
+                self.follow(run)
+
+    def follow(self, run: Run, after: int = 0) -> None:
+        if run.run_id in self.connection.followers:
+            return
+        task = self.connection.spawn(self.pump(run, after), f"ws-follow-{run.run_id}")
+        self.connection.followers[run.run_id] = task
+
+    async def pump(self, run: Run, after: int) -> None:
+        streams = self.state.streams
+        try:
+            with streams.stream():
+                async for batch in run.follow(
+                    after, max_lag=streams.max_lag, max_batch=streams.max_batch
+                ):
+                    await self.connection.send_frames([entry.data for entry in batch])
+                    streams.frames_sent += len(batch)
+                    if not run.finished:
+                        await asyncio.sleep(streams.window())
+        except (SubscriberTooSlow, TimeoutError):
+            streams.dropped_slow += 1
+            await self.close_soon(CLOSE_SLOW, "too slow to keep up; reconnect and resume")
+        except Exception:
+            # The socket went away (the receive loop cleans up) or sending failed.
+            logger.debug("stopped following run %s", run.run_id, exc_info=True)
+        finally:
+            if self.connection.followers.get(run.run_id) is asyncio.current_task():
+                del self.connection.followers[run.run_id]
+
+    async def close_soon(self, code: int, reason: str) -> None:
+        """Close from a helper task: the receive loop is blocked in receive()."""
+        self.closing = (code, reason)
+        await self.close_now(code, reason)
+
+    async def close_now(self, code: int, reason: str) -> None:
+        if self.websocket.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):  # the peer may be gone already
+                await self.websocket.close(code, reason)
+
+    async def heartbeat(self) -> None:
+        interval = self.settings.ws_ping_interval
+        idle = self.settings.ws_idle_timeout
+        while True:
+            silent = time.monotonic() - self.last_heard
+            if silent >= idle:
+                await self.close_soon(CLOSE_IDLE, f"idle timeout: nothing received for {idle:g} s")
+                return
+            await asyncio.sleep(min(interval, idle - silent))
+            if time.monotonic() - self.last_heard < idle:
+                await self.send({"type": "ping", "ts": _now_ms()})
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def fan_out(connections: ConnectionManager, sessions: dict[str, Session]) -> Any:
+    """A ``RunManager.on_submit`` callback: rooms and thread subscribers see every run."""
+
+    def on_submit(run: Run) -> None:
+        for connection in connections.watching(run.thread_id):
+            session = sessions.get(connection.client_id)
+            if session is not None and run.run_id not in session.reserved:
+                session.follow(run)
+
+    return on_submit
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    state: AppState = websocket.app.state.agent_server
+    session = Session(websocket, state)
+    state.sessions[session.connection.client_id] = session
+    try:
+        await session.serve()
+    finally:
+        state.sessions.pop(session.connection.client_id, None)
