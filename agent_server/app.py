@@ -9,9 +9,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,6 +19,7 @@ from starlette.routing import WebSocketRoute
 
 from agent_server.auth import AuthMiddleware, load_verifier
 from agent_server.chat_model import load_chat_model
+from agent_server.checkpoints import open_checkpointer
 from agent_server.connections import ConnectionManager
 from agent_server.graphs import UnknownGraphError, load_graphs
 from agent_server.metrics import Metrics
@@ -43,15 +41,7 @@ async def open_state(
 ) -> AsyncIterator[AppState]:
     """Everything a server (or an in-process run) needs, closed again on exit."""
     async with AsyncExitStack() as stack:
-        checkpointer: BaseCheckpointSaver[Any]
-        if settings.checkpoint_in_memory:
-            checkpointer = InMemorySaver()
-        else:
-            path = Path(settings.database_url.removeprefix("sqlite:///"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            checkpointer = await stack.enter_async_context(
-                AsyncSqliteSaver.from_conn_string(str(path))
-            )
+        checkpointer = await open_checkpointer(settings, stack)
         if tools is None:
             tools = ToolRegistry.from_sources(
                 settings.tools_dir, entry_point_group=settings.tools_entry_point_group

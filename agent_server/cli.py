@@ -100,6 +100,12 @@ def _serve(settings: Settings, reload: bool) -> int:
         # Runs are drained before connections close (agent_server/server.py); this only
         # bounds what is left, e.g. a client that stopped reading.
         "timeout_graceful_shutdown": 3,
+        # Protocol-level pings find dead peers; pages rely on the application heartbeat
+        # (browsers cannot see these). Oversize messages are refused by the app with a
+        # reason (1009); uvicorn's own cap sits just above it.
+        "ws_ping_interval": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_interval,
+        "ws_max_size": settings.ws_max_message_bytes + 64 * 1024,
     }
     if reload:
         # The reloader imports the app in a fresh process: hand the settings over by env.

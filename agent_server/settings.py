@@ -100,8 +100,9 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         ".agent-server/threads.sqlite",
-        description="Checkpoint store: a SQLite file path, or 'memory://' for tests.",
+        description="Threads: a SQLite file path, 'postgresql://...', or 'memory://'.",
     )
+    database_pool_size: int = Field(10, ge=1, description="PostgreSQL connections per worker.")
 
     ping_interval: float = Field(15.0, gt=0, description="Seconds between SSE keep-alive pings.")
     flush_interval: float = Field(

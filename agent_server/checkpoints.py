@@ -1,0 +1,59 @@
+"""Where threads are kept: LangGraph checkpointers chosen by ``AGENT_SERVER_DATABASE_URL``.
+
+- ``memory://``: in process, gone on exit (tests, notebooks).
+- a file path (or ``sqlite:///path``): SQLite, the single-machine default.
+- ``postgresql://...``: PostgreSQL through ``langgraph-checkpoint-postgres``, for several
+  workers sharing threads. Tables are created at start-up (``setup()`` is idempotent);
+  a ``search_path`` given in the URL (``?options=-csearch_path%3Dmyschema``) selects the
+  schema, which is how tests isolate themselves.
+
+Each backend is the library's own saver; we only open and close it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+
+from agent_server.settings import Settings
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+async def open_checkpointer(settings: Settings, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
+    """The configured saver; ``stack`` closes it (and its connections) on exit."""
+    url = settings.database_url
+    if settings.checkpoint_in_memory:
+        return InMemorySaver()
+    if url.startswith(POSTGRES_SCHEMES):
+        return await _postgres(url, settings.database_pool_size, stack)
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(path)))
+
+
+async def _postgres(url: str, pool_size: int, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    # A pool, not one connection: concurrent runs would queue on a single connection's
+    # lock. The connection options are the ones the saver requires.
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=pool_size,
+        open=False,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+    )
+    await pool.open(wait=True, timeout=10)
+    stack.push_async_callback(pool.close)
+    saver = AsyncPostgresSaver(pool)
+    await saver.setup()
+    return saver
