@@ -88,6 +88,17 @@ class ConnectionManager:
             await asyncio.gather(*tasks, return_exceptions=True)
         connection.followers.clear()
 
+    async def settle(self, timeout: float) -> None:
+        """Let sockets deliver what their runs still have (e.g. ``shutdown`` frames)."""
+        followers = [
+            task
+            for connection in self.clients.values()
+            for task in connection.followers.values()
+            if not task.done()
+        ]
+        if followers:
+            await asyncio.wait(followers, timeout=timeout)
+
     # -- rooms -----------------------------------------------------------------------
 
     def members(self, thread_id: str) -> list[Connection]:

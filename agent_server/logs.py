@@ -17,7 +17,12 @@ import orjson
 
 from agent_server.runs import current_run
 
-_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+# Not copied into a JSON record: the LogRecord's own attributes, and uvicorn's
+# ``color_message`` (its message template with terminal colour codes).
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "color_message",
+}
 
 
 class RunContextFilter(logging.Filter):
@@ -46,12 +51,15 @@ class JSONFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(entry, default=repr).decode()
 
 
 class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The run goes on the message line, before any traceback, so grep finds both.
+        text = super().formatMessage(record)
         run_id = getattr(record, "run_id", None)
         return f"{text} [run {run_id}]" if run_id else text
 

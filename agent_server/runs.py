@@ -188,10 +188,14 @@ class Run:
         """Batches of log entries with ``seq > after``, live, until the terminal frame.
 
         With ``heartbeat``, an empty batch is yielded after that many idle seconds, so a
-        transport can keep the connection alive. With ``max_lag``, a subscriber more than
-        that many frames behind a running run gets :class:`SubscriberTooSlow`.
+        transport can keep the connection alive. With ``max_lag``, a subscriber that falls
+        that many frames further behind a running run than where it joined gets
+        :class:`SubscriberTooSlow`: its starting backlog is not lag, or a subscriber that
+        resumes far back would be dropped before its first frame, again and again.
         """
         position = max(after, 0)  # seq n sits at index n - 1
+        if max_lag is not None:
+            max_lag += max(0, len(self.log) - position)
         while True:
             available = len(self.log)
             if position < available:

@@ -6,19 +6,38 @@ A streaming connection never ends by itself, so the lifespan is too late to end 
 gracefully. This server drains first: new runs get 503, running ones have
 ``shutdown_grace`` seconds to finish, the rest are cancelled with an ``error`` frame of
 code ``shutdown``; every SSE stream thereby ends with that frame and ``[DONE]``, and
-uvicorn's own shutdown then finds the connections finished (a stalled reader is cut by
-the send timeout, and at worst by ``timeout_graceful_shutdown``).
+uvicorn's own shutdown then finds the connections finished.
+
+Order on SIGTERM, as a client sees it: the listening socket is closed at once (a new
+connection is refused); a connection that is already open (keep-alive) still gets
+answers during the drain: 503 ``shutting_down`` for new runs and ``/healthz``. After the
+drain, streams have ``FLUSH_SECONDS`` to write their last frames; a connection whose
+client stopped reading (its bytes stay unsent) is then aborted rather than waited for,
+so a stalled reader delays the exit by that second, not by ``timeout_graceful_shutdown``.
+uvicorn re-raises the signal after a graceful shutdown: the process ends *by* SIGTERM.
+
+Stalled clients while running. When an SSE send times out (``send_timeout``), uvicorn
+closes the connection, but its transport's close waits until the unsent bytes are
+written: a client that never reads would hold the socket and those bytes for ever. Once
+a second this server aborts closing connections whose unsent bytes have not moved for
+``send_timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import time
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 
 logger = logging.getLogger("agent_server.server")
+
+# After the drain, how long streams may take to write their last frames.
+FLUSH_SECONDS = 1.0
 
 
 class Server(uvicorn.Server):
@@ -26,6 +45,13 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self.app = app
         self.grace = grace
+        # closing connection -> (unsent bytes, since when unchanged)
+        self._closing: dict[Any, tuple[int, float]] = {}
+
+    async def on_tick(self, counter: int) -> bool:
+        if counter % 10 == 0:  # uvicorn ticks every 0.1 s
+            self._abort_stalled_closing()
+        return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -33,4 +59,45 @@ class Server(uvicorn.Server):
         state = getattr(self.app.state, "agent_server", None)
         if state is not None:
             await state.runs.drain(self.grace)
+            # WebSockets: their followers send the runs' last frames before uvicorn
+            # closes them with 1012.
+            await state.connections.settle(FLUSH_SECONDS)
+            await self._flush(FLUSH_SECONDS)
         await super().shutdown(sockets)
+
+    def _unsent(self) -> list[tuple[Any, asyncio.WriteTransport, int]]:
+        """Open connections with bytes waiting for their client to read."""
+        found = []
+        for connection in self.server_state.connections:
+            transport = getattr(connection, "transport", None)
+            if transport is not None and (size := transport.get_write_buffer_size()):
+                found.append((connection, transport, size))
+        return found
+
+    async def _flush(self, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while (unsent := self._unsent()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for _, transport, _ in unsent:
+            transport.abort()
+        if unsent:
+            logger.info("aborted %d connections whose clients stopped reading", len(unsent))
+
+    def _abort_stalled_closing(self) -> None:
+        state = getattr(self.app.state, "agent_server", None)
+        if state is None:
+            return
+        now = time.monotonic()
+        closing: dict[Any, tuple[int, float]] = {}
+        for connection, transport, size in self._unsent():
+            if not transport.is_closing():
+                continue
+            before = self._closing.get(connection)
+            if before is None or before[0] != size:
+                closing[connection] = (size, now)
+            elif now - before[1] >= state.settings.send_timeout:
+                logger.info("aborted a connection whose client stopped reading")
+                transport.abort()
+            else:
+                closing[connection] = before
+        self._closing = closing

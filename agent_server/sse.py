@@ -15,6 +15,12 @@ Decisions (read before changing):
   :class:`~agent_server.streams.Streams` spaces writes so bursts form batches and
   bounds slow subscribers.
 - Every stream starts with ``retry:``, so the browser's reconnect delay is ours.
+- A client whose ``send`` stays blocked for ``send_timeout`` stopped reading: the
+  response gives up and throws :class:`SendTimeout` into its body, so that
+  :func:`run_events` counts it with the subscribers dropped for lagging
+  (``agent_server_subscribers_dropped_slow``) and logs its run. The response is left
+  incomplete (uvicorn logs that and closes the connection; a close that waits for the
+  unread bytes, see ``agent_server/server.py``).
 """
 
 from __future__ import annotations
@@ -86,9 +92,21 @@ async def run_events(
             logger.info("dropped a slow SSE subscriber of run %s: %s", run.run_id, exc)
             yield b": too slow (%b); reconnect with Last-Event-ID to resume\n\n" % str(exc).encode()
             return
+        except SendTimeout:
+            streams.dropped_slow += 1
+            logger.info(
+                "dropped an SSE subscriber of run %s: it stopped reading (send blocked %g s)",
+                run.run_id,
+                streams.send_timeout,
+            )
+            return
         finally:
             run.subscribers -= 1
     yield DONE
+
+
+class SendTimeout(Exception):
+    """Thrown into a response body whose client stopped reading (its send timed out)."""
 
 
 class SSEResponse(Response):
@@ -119,6 +137,7 @@ class SSEResponse(Response):
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         disconnected = False
+        timed_out = False
 
         async def watch_disconnect(scope: anyio.CancelScope) -> None:
             nonlocal disconnected
@@ -129,23 +148,45 @@ class SSEResponse(Response):
                     scope.cancel()
                     return
 
+        async def send_body(chunk: bytes, more: bool) -> bool:
+            # A client that stopped reading blocks send (uvicorn waits for the socket to
+            # drain); past the bound we give up on it.
+            with anyio.move_on_after(self.send_timeout) as sending:
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            return not sending.cancelled_caught
+
         try:
+            # Errors are handled inside the task group: anyio would wrap them in an
+            # ExceptionGroup that a plain ``except`` does not catch.
             async with anyio.create_task_group() as group:
                 group.start_soon(watch_disconnect, group.cancel_scope)
-                async for chunk in self.body_iterator:
-                    # A client that stopped reading blocks send (uvicorn waits for the
-                    # socket to drain); past the bound we give up on it.
-                    with anyio.fail_after(self.send_timeout):
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                try:
+                    async for chunk in self.body_iterator:
+                        if not await send_body(chunk, True):
+                            timed_out = True
+                            break
+                    else:
+                        timed_out = not await send_body(b"", False)
+                except OSError:  # servers other than uvicorn may raise on a closed socket
+                    disconnected = True
                 group.cancel_scope.cancel()
-        except OSError:
-            disconnected = True
-        except TimeoutError:
-            logger.info("dropped an SSE client that stopped reading (send timed out)")
+            if timed_out:
+                await self._send_timed_out()
         finally:
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
         if disconnected and self.on_disconnect is not None:
             self.on_disconnect()
+
+    async def _send_timed_out(self) -> None:
+        """Tell the body its client was dropped, so that its producer counts and logs it."""
+        athrow = getattr(self.body_iterator, "athrow", None)
+        try:
+            if athrow is None:
+                raise SendTimeout
+            await athrow(SendTimeout())
+        except SendTimeout:
+            logger.info("dropped an SSE client that stopped reading (send timed out)")
+        except StopAsyncIteration:
+            pass

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from langchain_core.messages import AIMessageChunk
+from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.graph import START, MessagesState, StateGraph
 
@@ -47,3 +49,44 @@ async def _quiet(state: MessagesState) -> dict[str, list[str]]:
 
 
 quiet = StateGraph(MessagesState).add_node("wait", _quiet).add_edge(START, "wait").compile()
+
+
+async def _flood(state: MessagesState, config: RunnableConfig) -> dict[str, list[str]]:
+    """``count`` custom frames of about ``size`` bytes, ``interval`` s apart (configurable)."""
+    options = config.get("configurable", {})
+    count = int(options.get("count", 500))
+    size = int(options.get("size", 1000))
+    interval = float(options.get("interval", 0.0))
+    writer = get_stream_writer()
+    for step in range(count):
+        writer({"name": "chunk", "data": {"step": step, "fill": "x" * size}})
+        await asyncio.sleep(interval)
+    return {"messages": []}
+
+
+flood = StateGraph(MessagesState).add_node("flood", _flood).add_edge(START, "flood").compile()
+
+
+async def _log_inside(state: MessagesState) -> dict[str, list[str]]:
+    log = logging.getLogger("agent_server.test")
+    log.warning("inside")
+    try:
+        raise ValueError("kaboom")
+    except ValueError:
+        log.exception("failed inside")
+    return {"messages": []}
+
+
+def _log_inside_sync(state: MessagesState) -> dict[str, list[str]]:
+    logging.getLogger("agent_server.test").warning("inside a sync node")  # a worker thread
+    return {"messages": []}
+
+
+log_inside = (
+    StateGraph(MessagesState)
+    .add_node("log", _log_inside)
+    .add_node("log_sync", _log_inside_sync)
+    .add_edge(START, "log")
+    .add_edge("log", "log_sync")
+    .compile()
+)
