@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
 from agent_server.auth import AuthMiddleware, load_verifier
+from agent_server.brokers import open_broker
 from agent_server.chat_model import load_chat_model
 from agent_server.checkpoints import open_checkpointer
 from agent_server.connections import ConnectionManager
@@ -56,6 +57,8 @@ async def open_state(
             settings=settings,
             checkpointer=checkpointer,
         )
+        broker = open_broker(settings.broker_url, prefix=settings.broker_prefix)
+        stack.push_async_callback(broker.close)
         runs = RunManager(
             RunLimits(
                 max_concurrent=settings.max_concurrent_runs,
@@ -63,8 +66,10 @@ async def open_state(
                 timeout=settings.run_timeout,
                 retention_seconds=settings.retention_seconds,
                 retention_runs=settings.retention_runs,
-            )
+            ),
+            broker,
         )
+        runs.graphs = graphs
         streams = Streams(
             ping_interval=settings.ping_interval,
             flush_interval=settings.flush_interval,
@@ -77,6 +82,11 @@ async def open_state(
         sessions: dict[str, Any] = {}
         runs.on_submit.append(fan_out(connections, sessions))
         janitor = asyncio.create_task(runs.janitor(), name="agent-server-janitor")
+        listener = (
+            asyncio.create_task(runs.listen_for_cancels(), name="agent-server-cancels")
+            if broker.shared
+            else None
+        )
         try:
             yield AppState(
                 settings=settings,
@@ -92,6 +102,8 @@ async def open_state(
             )
         finally:
             janitor.cancel()
+            if listener is not None:
+                listener.cancel()
             await runs.drain(settings.shutdown_grace)
 
 

@@ -9,8 +9,9 @@ Where the token comes from:
 
 - HTTP and SSE: ``Authorization: Bearer <token>``.
 - WebSocket: the same header, or the ``token`` query parameter (browsers cannot set
-  headers on a WebSocket), or a ``Sec-WebSocket-Protocol`` entry ``bearer.<token>``
-  offered next to ``agent-server.v1`` (the server answers with ``agent-server.v1``).
+  headers on a WebSocket; it is removed from the scope before anything logs it), or a
+  ``Sec-WebSocket-Protocol`` entry ``bearer.<token>`` offered next to
+  ``agent-server.v1`` (the server answers with ``agent-server.v1``).
 
 A failed HTTP request gets 401 with a JSON body. A failed WebSocket is *accepted and
 then closed* with 1008 and a reason: closing before accepting reaches the browser as a
@@ -186,6 +187,7 @@ class AuthMiddleware:
         scope["auth_error"] = None
         if self.verifier is not None and _path(scope) not in OPEN_PATHS:
             token, _ = token_from_scope(scope)
+            _strip_token_from_query(scope)
             try:
                 user = await self.verifier(token) if token else None
             except Exception:
@@ -199,6 +201,17 @@ class AuthMiddleware:
                 scope["auth_error"] = reason  # the endpoint accepts, then closes 1008
             scope["user"] = user
         await self.app(scope, receive, send)
+
+
+def _strip_token_from_query(scope: Scope) -> None:
+    """uvicorn's access log prints the query string: never with the token in it."""
+    from urllib.parse import parse_qsl, urlencode
+
+    raw: bytes = scope.get("query_string", b"")
+    if b"token=" not in raw:
+        return
+    pairs = [(k, v) for k, v in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)]
+    scope["query_string"] = urlencode([(k, v) for k, v in pairs if k != "token"]).encode()
 
 
 def _path(scope: Scope) -> str:

@@ -3,15 +3,17 @@
 - ``memory://``: in process, gone on exit (tests, notebooks).
 - a file path (or ``sqlite:///path``): SQLite, the single-machine default.
 - ``postgresql://...``: PostgreSQL through ``langgraph-checkpoint-postgres``, for several
-  workers sharing threads. Tables are created at start-up (``setup()`` is idempotent);
-  a ``search_path`` given in the URL (``?options=-csearch_path%3Dmyschema``) selects the
-  schema, which is how tests isolate themselves.
+  workers sharing threads. Tables are created at start-up (``setup()`` is idempotent,
+  and concurrent starts take turns under an advisory lock); a ``search_path`` given in
+  the URL (``?options=-csearch_path%3Dmyschema``) selects the schema, which is how tests
+  isolate themselves.
 
 Each backend is the library's own saver; we only open and close it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from agent_server.settings import Settings
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+SETUP_LOCK = 0x6167656E74  # any fixed key: "agent"
+TRY_LOCK = "SELECT pg_try_advisory_lock(%s) AS locked"
 
 
 async def open_checkpointer(settings: Settings, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
@@ -55,5 +59,17 @@ async def _postgres(url: str, pool_size: int, stack: AsyncExitStack) -> BaseChec
     await pool.open(wait=True, timeout=10)
     stack.push_async_callback(pool.close)
     saver = AsyncPostgresSaver(pool)
-    await saver.setup()
+    # Workers starting together would race on the saver's migrations (a unique
+    # violation): one at a time, under a session advisory lock. Polled with the try-form,
+    # not waited for: the migrations' CREATE INDEX CONCURRENTLY waits for every running
+    # statement, a blocked lock request included, which would deadlock.
+    async with pool.connection() as lock:
+        while not (await (await lock.execute(TRY_LOCK, (SETUP_LOCK,))).fetchone() or {}).get(
+            "locked"
+        ):
+            await asyncio.sleep(0.1)
+        try:
+            await saver.setup()
+        finally:
+            await lock.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
     return saver

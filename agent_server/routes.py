@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 
 from agent_server.auth import user_id
 from agent_server.frames import dumps
-from agent_server.runs import Run, RunRejected
+from agent_server.runs import RemoteRun, Run, RunRejected
 from agent_server.schemas import (
     JSONResponse,
     RequestError,
@@ -74,10 +74,13 @@ def query_run_request(request: Request, state: AppState) -> RunRequest:
     return RunRequest.model_validate(data)
 
 
-def start_run(state: AppState, body: RunRequest, request: Request) -> Run:
+async def start_run(state: AppState, body: RunRequest, request: Request) -> Run:
     entry = state.graphs.get(body.graph)
+    if body.thread_id is not None:
+        await state.runs.load_thread_owner(body.thread_id, entry)
     run = Run(
         owner=user_id(request.scope),
+        on_disconnect=body.on_disconnect or "continue",
         graph=entry,
         input=body.graph_input(),
         thread_id=body.thread_id or str(uuid.uuid4()),
@@ -87,19 +90,19 @@ def start_run(state: AppState, body: RunRequest, request: Request) -> Run:
     return state.runs.submit(run, body.multitask_strategy)
 
 
-def find_run(state: AppState, run_id: str, request: Request) -> Run:
-    run = state.runs.get(run_id)
+async def find_run(state: AppState, run_id: str, request: Request) -> Run | RemoteRun:
+    run = await state.runs.find(run_id)
     if run is not None:
         state.runs.check_run(run, user_id(request.scope))
         return run
-    if state.runs.was_dropped(run_id):
+    if await state.runs.is_gone(run_id):
         raise RequestError(410, "run_gone", f"run {run_id} has finished and its log was dropped")
     raise RequestError(404, "run_not_found", f"no run {run_id}")
 
 
 def stream_response(
     state: AppState,
-    run: Run,
+    run: Run | RemoteRun,
     *,
     after: int = 0,
     id_prefix: bytes = b"",
@@ -142,7 +145,8 @@ def parse_seq(text: str, what: str) -> int:
 async def post_runs_stream(request: Request) -> Response:
     state = app_state(request)
     body = await parse_run_request(request, state)
-    run = start_run(state, body, request)
+    run = await start_run(state, body, request)
+    await state.runs.accepted(run)
     return stream_response(state, run, on_disconnect=body.on_disconnect or "cancel")
 
 
@@ -156,7 +160,7 @@ async def get_runs_stream(request: Request) -> Response:
                 400, "invalid_last_event_id", "Last-Event-ID must be '<run_id>:<seq>' here"
             )
         seq = parse_seq(seq_text, "Last-Event-ID")
-        run = state.runs.get(run_id)
+        run = await state.runs.find(run_id)
         if run is None or (run.finished and seq >= run.last_seq):
             return Response(status_code=204)
         state.runs.check_run(run, user_id(request.scope))
@@ -169,7 +173,8 @@ async def get_runs_stream(request: Request) -> Response:
             grace=state.settings.reconnect_grace,
         )
     body = query_run_request(request, state)
-    run = start_run(state, body, request)
+    run = await start_run(state, body, request)
+    await state.runs.accepted(run)
     run.on_disconnect = body.on_disconnect or "cancel"
     return stream_response(
         state,
@@ -182,7 +187,8 @@ async def get_runs_stream(request: Request) -> Response:
 
 async def post_runs(request: Request) -> Response:
     state = app_state(request)
-    run = start_run(state, await parse_run_request(request, state), request)
+    run = await start_run(state, await parse_run_request(request, state), request)
+    await state.runs.accepted(run)
     location = str(request.url_for("get_run", run_id=run.run_id))
     return JSONResponse(run.describe(), status_code=202, headers={"Location": location})
 
@@ -190,23 +196,36 @@ async def post_runs(request: Request) -> Response:
 async def post_runs_wait(request: Request) -> Response:
     state = app_state(request)
     body = await parse_run_request(request, state)
-    run = start_run(state, body, request)
+    run = await start_run(state, body, request)
+    # Starlette does not cancel a plain handler when its client leaves: watch for it.
+    finished = asyncio.ensure_future(run.wait())
+    left = asyncio.ensure_future(_disconnected(request))
     try:
-        await run.wait()
+        await asyncio.wait({finished, left}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        left.cancel()
+        finished.cancel()
+    if not run.finished:
         if (body.on_disconnect or "cancel") == "cancel":
-            run.cancel("cancelled", "the client disconnected")  # no-op once finished
+            run.cancel("cancelled", "the client disconnected")
+        return Response(status_code=499)  # nobody is listening any more
     return JSONResponse(run.result())
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def get_run(request: Request) -> Response:
     state = app_state(request)
-    return JSONResponse(find_run(state, request.path_params["run_id"], request).describe())
+    run = await find_run(state, request.path_params["run_id"], request)
+    return JSONResponse(run.describe())
 
 
 async def get_run_stream(request: Request) -> Response:
     state = app_state(request)
-    run = find_run(state, request.path_params["run_id"], request)
+    run = await find_run(state, request.path_params["run_id"], request)
     after = 0
     resume = last_event_id(request) or request.query_params.get("after")
     if resume is not None:
@@ -219,7 +238,7 @@ async def get_run_stream(request: Request) -> Response:
 
 async def post_run_cancel(request: Request) -> Response:
     state = app_state(request)
-    run = find_run(state, request.path_params["run_id"], request)
+    run = await find_run(state, request.path_params["run_id"], request)
     if run.finished:
         return error_response(409, "run_finished", f"run {run.run_id} is already {run.status}")
     run.cancel("cancelled", "cancelled by request")
@@ -230,7 +249,11 @@ async def post_run_cancel(request: Request) -> Response:
 async def get_thread_runs(request: Request) -> Response:
     state = app_state(request)
     thread_id = request.path_params["thread_id"]
-    state.runs.check_thread(thread_id, user_id(request.scope))
+    user = user_id(request.scope)
+    latest = state.runs.latest_on_thread(thread_id)
+    if latest is None and user is not None:
+        raise RequestError(404, "thread_not_found", f"no known runs on thread {thread_id!r}")
+    state.runs.check_thread(thread_id, user)
     runs = state.runs.thread_runs(thread_id)
     return JSONResponse({"runs": [run.describe() for run in runs]})
 
@@ -252,6 +275,8 @@ async def get_thread_state(request: Request) -> Response:
             )
         graph_name = latest.graph.name
     entry = state.graphs.get(graph_name)
+    await state.runs.load_thread_owner(thread_id, entry)
+    state.runs.check_thread(thread_id, user)
     snapshot = await entry.graph.aget_state({"configurable": {"thread_id": thread_id}})
     checkpoint = (snapshot.config or {}).get("configurable", {})
     if not checkpoint.get("checkpoint_id"):

@@ -43,8 +43,11 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphRecursionError
 
+from agent_server.brokers import Broker
+from agent_server.brokers.memory import MemoryBroker
 from agent_server.frames import (
     TERMINAL_TYPES,
     BaseFrame,
@@ -54,7 +57,7 @@ from agent_server.frames import (
     RunStart,
     encode,
 )
-from agent_server.graphs import GraphEntry
+from agent_server.graphs import GraphEntry, GraphRegistry
 from agent_server.translate import STREAM_MODE, EventTranslator, FrameFactory
 
 logger = logging.getLogger("agent_server.runs")
@@ -65,6 +68,8 @@ current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
 )
 
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
+# The owner of a thread that exists but whose creator is not recorded.
+UNKNOWN_OWNER = "\x00unknown"
 
 
 class RunStatus(StrEnum):
@@ -116,6 +121,23 @@ class LogEntry:
     frame: BaseFrame
     data: bytes  # the frame's JSON, shared by every consumer
 
+    @property
+    def seq(self) -> int:
+        return self.frame.seq
+
+    @property
+    def type(self) -> str:
+        return self.frame.type
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEntry:
+    """A frame read back from the broker: what a transport needs, without the model."""
+
+    seq: int
+    type: str
+    data: bytes
+
 
 @dataclass(frozen=True)
 class RunLimits:
@@ -149,7 +171,7 @@ class Run:
     started_at: float | None = None
     ended_at: float | None = None
     first_token_at: float | None = None
-    on_disconnect: Literal["cancel", "continue"] = "cancel"
+    on_disconnect: Literal["cancel", "continue"] = "continue"
     owner: str | None = None  # the user id that started it (None without auth)
     subscribers: int = 0
     log: list[LogEntry] = field(default_factory=list)
@@ -157,6 +179,7 @@ class Run:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        self.announced = asyncio.Event()  # set once its record is in a shared broker
         self.make = FrameFactory(self.run_id)
         self.translator: EventTranslator | None = None
         self._cancel_code = "cancelled"
@@ -204,7 +227,7 @@ class Run:
                 batch = self.log[position : position + max_batch]
                 position += len(batch)
                 yield batch
-                if batch[-1].frame.type in TERMINAL_TYPES:
+                if batch[-1].type in TERMINAL_TYPES:
                     return
             elif self.finished:
                 return
@@ -244,19 +267,24 @@ class Run:
         configurable["thread_id"] = self.thread_id
         config["configurable"] = configurable
         config.setdefault("run_id", uuid.UUID(self.run_id))
+        if self.owner is not None:  # kept in the thread's checkpoints: see load_thread_owner
+            config["metadata"] = {**(config.get("metadata") or {}), "owner": self.owner}
 
         self.status = RunStatus.RUNNING
         self.started_at = time.time()
         started = time.perf_counter()
         current_run.set(self)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout) as deadline:
                 async for event in graph.astream_events(
                     self.input, config, version="v2", stream_mode=STREAM_MODE, subgraphs=True
                 ):
                     for frame in translator.translate(event):
                         self.append(frame)
-        except TimeoutError:
+        except TimeoutError as exc:
+            if not deadline.expired():  # a TimeoutError of the graph's own: a failure
+                self._fail(exc)
+                return
             message = f"run exceeded its timeout of {self.timeout:g} s"
             self._end(RunStatus.TIMEOUT, make(Error, code="timeout", message=message))
             return
@@ -264,13 +292,16 @@ class Run:
             self.end_cancelled()
             raise
         except Exception as exc:
-            logger.exception("run %s (graph %s) failed", self.run_id, self.graph.name)
-            message = str(exc) or type(exc).__name__
-            self._end(RunStatus.ERROR, make(Error, code=error_code(exc), message=message))
+            self._fail(exc)
             return
         duration = round((time.perf_counter() - started) * 1e3, 3)
         status = RunStatus.INTERRUPTED if translator.interrupted else RunStatus.SUCCESS
         self._end(status, make(Done, usage=translator.usage, duration_ms=duration))
+
+    def _fail(self, exc: Exception) -> None:
+        logger.error("run %s (graph %s) failed", self.run_id, self.graph.name, exc_info=exc)
+        message = str(exc) or type(exc).__name__
+        self._end(RunStatus.ERROR, self.make(Error, code=error_code(exc), message=message))
 
     def end_cancelled(self) -> None:
         if not self.finished:
@@ -307,6 +338,20 @@ class Run:
             "usage": last.usage if isinstance(last, Done) else None,
         }
 
+    def record(self) -> dict[str, str]:
+        """What a shared broker keeps of the run, so other workers can answer for it."""
+        return {
+            "graph": self.graph.name,
+            "thread_id": self.thread_id,
+            "owner": self.owner or "",
+            "status": self.status.value,
+            "created_at": repr(self.created_at),
+            "started_at": repr(self.started_at or ""),
+            "ended_at": repr(self.ended_at or ""),
+            "first_token_at": repr(self.first_token_at or ""),
+            "last_seq": str(self.last_seq),
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
@@ -325,14 +370,17 @@ class RunManager:
     """Owns every run's task: limits, per-thread order, retention, shutdown."""
 
     TOMBSTONES = 100_000
+    OWNER_CACHE = 100_000
 
-    def __init__(self, limits: RunLimits | None = None) -> None:
+    def __init__(self, limits: RunLimits | None = None, broker: Broker | None = None) -> None:
         self.limits = limits or RunLimits()
+        self.broker: Broker = broker or MemoryBroker()
         self.runs: dict[str, Run] = {}
         self.accepting = True
         self.on_finish: list[Callable[[Run], None]] = []  # e.g. metrics
         self.on_submit: list[Callable[[Run], None]] = []  # e.g. room fan-out
-        self._thread_owners: dict[str, str | None] = {}
+        self._thread_owners: OrderedDict[str, str | None] = OrderedDict()
+        self.graphs: GraphRegistry | None = None  # to rebuild runs of other workers
         self._slots = asyncio.Semaphore(self.limits.max_concurrent)
         self._unfinished = 0  # accepted and not finished: running or waiting
         self._running = 0  # holding a slot
@@ -357,6 +405,33 @@ class RunManager:
     def was_dropped(self, run_id: str) -> bool:
         return run_id in self._tombstones
 
+    async def find(self, run_id: str) -> Run | RemoteRun | None:
+        """A run of this worker, or, with a shared broker, of any worker."""
+        run = self.runs.get(run_id)
+        if run is not None or not self.broker.shared:
+            return run
+        record = await self.broker.get_record(run_id)
+        if record is None or record.get("log_exists") == "0" or self.graphs is None:
+            return None
+        if record.get("graph") not in self.graphs:
+            return None
+        graph = self.graphs.get(record["graph"])
+        return RemoteRun(self.broker, run_id, record, graph, self._tasks)
+
+    async def is_gone(self, run_id: str) -> bool:
+        """Was this run known, its log since dropped (410 rather than 404)?"""
+        if run_id in self._tombstones:
+            return True
+        if not self.broker.shared:
+            return False
+        record = await self.broker.get_record(run_id)
+        return record is not None and record.get("log_exists") == "0"
+
+    async def accepted(self, run: Run) -> None:
+        """Until every worker can find the run (its record is in the shared broker)."""
+        if self.broker.shared:
+            await run.announced.wait()
+
     def thread_runs(self, thread_id: str) -> list[Run]:
         return [self.runs[r] for r in self._threads.get(thread_id, ()) if r in self.runs]
 
@@ -365,18 +440,51 @@ class RunManager:
         return runs[-1] if runs else None
 
     def check_thread(self, thread_id: str, user: str | None) -> None:
-        """Threads belong to the user whose run created them; raise :class:`Forbidden`."""
-        owner = self._thread_owners.get(thread_id)
-        if owner is not None and owner != user:
-            raise Forbidden(f"thread {thread_id!r} belongs to another user")
+        """Threads belong to the user whose run created them; raise :class:`Forbidden`.
 
-    def check_run(self, run: Run, user: str | None) -> None:
+        Call :meth:`load_thread_owner` first for a thread this worker may not know.
+        """
+        owner = self._thread_owners.get(thread_id)
+        if owner is None or owner == user:
+            return
+        if owner == UNKNOWN_OWNER and user is None:
+            return  # authentication is off
+        raise Forbidden(f"thread {thread_id!r} belongs to another user")
+
+    async def load_thread_owner(self, thread_id: str, graph: GraphEntry | None) -> None:
+        """Learn a thread's owner from its checkpoints (after a restart, on another
+        worker). A thread that exists without an owner record is refused to every
+        authenticated user (:data:`UNKNOWN_OWNER`)."""
+        if thread_id in self._thread_owners or graph is None:
+            return
+        checkpointer = graph.graph.checkpointer
+        if not isinstance(checkpointer, BaseCheckpointSaver):
+            return
+        found = await checkpointer.aget_tuple({"configurable": {"thread_id": thread_id}})
+        if found is not None:
+            owner = (found.metadata or {}).get("owner")
+            self._remember_owner(thread_id, str(owner) if owner else UNKNOWN_OWNER)
+
+    def _remember_owner(self, thread_id: str, owner: str | None) -> None:
+        owners = self._thread_owners
+        if thread_id in owners:
+            owners.move_to_end(thread_id)
+            return
+        owners[thread_id] = owner
+        if len(owners) > self.OWNER_CACHE:
+            # The oldest entry: reloaded from the checkpoints when it is asked for again.
+            owners.popitem(last=False)
+
+    def check_run(self, run: Run | RemoteRun, user: str | None) -> None:
         if run.owner is not None and run.owner != user:
             raise Forbidden(f"run {run.run_id} belongs to another user")
 
     def owned_thread(self, thread_id: str, user: str | None) -> bool:
-        owner = self._thread_owners.get(thread_id)
-        return owner is None or owner == user
+        try:
+            self.check_thread(thread_id, user)
+        except Forbidden:
+            return False
+        return True
 
     # -- starting --------------------------------------------------------------------
 
@@ -407,34 +515,71 @@ class RunManager:
             run.timeout = self.limits.timeout
         self.runs[run.run_id] = run
         self._threads.setdefault(run.thread_id, []).append(run.run_id)
-        self._thread_owners.setdefault(run.thread_id, run.owner)
+        self._remember_owner(run.thread_id, run.owner)
         run.start_frame(queue_position=ahead + 1 if must_wait else 0)
         self._unfinished += 1
         run.task = asyncio.create_task(self._drive(run, before), name=f"run-{run.run_id}")
         self._tasks.add(run.task)
         run.task.add_done_callback(self._tasks.discard)
+        # In a done callback, not the coroutine's ``finally``: a task cancelled before it
+        # first runs never enters its body, and its run must still end.
+        run.task.add_done_callback(lambda _: self._finished_run(run))
+        if self.broker.shared:
+            publisher = asyncio.create_task(self._publish(run), name=f"publish-{run.run_id}")
+            self._tasks.add(publisher)
+            publisher.add_done_callback(self._tasks.discard)
         for callback in self.on_submit:
             callback(run)
         return run
 
     async def _drive(self, run: Run, before: list[Run]) -> None:
+        for earlier in before:  # one run at a time per thread, in order
+            await earlier.wait()
+        async with self._slots:
+            self._running += 1
+            try:
+                await run.execute()
+            finally:
+                self._running -= 1
+
+    def _finished_run(self, run: Run) -> None:
+        run.end_cancelled()  # a no-op unless it was cancelled before or while waiting
+        self._unfinished -= 1
+        self._finished.append((time.monotonic(), run.run_id))
+        for callback in self.on_finish:
+            callback(run)
+        self.prune()
+
+    # -- sharing with other workers ------------------------------------------------------
+
+    async def _publish(self, run: Run) -> None:
+        """Copy the run's log and status to the shared broker, batch by batch."""
+        broker = self.broker
         try:
-            for earlier in before:  # one run at a time per thread, in order
-                await earlier.wait()
-            async with self._slots:
-                self._running += 1
-                try:
-                    await run.execute()
-                finally:
-                    self._running -= 1
+            await broker.put_record(run.run_id, run.record())
+            run.announced.set()
+            async for batch in run.follow():
+                await broker.publish(run.run_id, [(e.seq, e.type, e.data) for e in batch])
+                await broker.put_record(run.run_id, run.record())
+            await run.wait()
+            await broker.put_record(run.run_id, run.record())
+            limits = self.limits
+            await broker.expire(
+                run.run_id, limits.retention_seconds, limits.retention_seconds + 86_400
+            )
         except asyncio.CancelledError:
-            run.end_cancelled()  # also when cancelled while still waiting
+            raise
+        except Exception:
+            logger.exception("could not publish run %s to the broker", run.run_id)
         finally:
-            self._unfinished -= 1
-            self._finished.append((time.monotonic(), run.run_id))
-            for callback in self.on_finish:
-                callback(run)
-            self.prune()
+            run.announced.set()  # never leave a route waiting
+
+    async def listen_for_cancels(self) -> None:
+        """Cancel requests from any worker, for the runs executing here (lifespan task)."""
+        async for run_id in self.broker.cancel_requests():
+            run = self.runs.get(run_id)
+            if run is not None:
+                run.cancel("cancelled", "cancelled by request")
 
     # -- retention -------------------------------------------------------------------
 
@@ -486,3 +631,103 @@ class RunManager:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class RemoteRun:
+    """A run executing on another worker, seen through the shared broker.
+
+    It offers what routes and transports use of a :class:`Run`: its identity and owner,
+    ``describe()``, ``follow()`` (reading the broker's copy of the log), ``cancel()`` (a
+    request the executing worker acts on) and ``wait()``.
+    """
+
+    on_disconnect: Literal["cancel", "continue"] = "continue"
+
+    def __init__(
+        self,
+        broker: Broker,
+        run_id: str,
+        record: dict[str, str],
+        graph: GraphEntry,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        self.broker = broker
+        self.tasks = tasks  # the manager's: a request outlives this object
+        self.run_id = run_id
+        self.record = record
+        self.graph = graph
+        self.thread_id = record["thread_id"]
+        self.owner = record.get("owner") or None
+        self.subscribers = 0
+
+    @property
+    def status(self) -> RunStatus:
+        return RunStatus(self.record["status"])
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.record.get("last_seq", "0"))
+
+    async def refresh(self) -> None:
+        record = await self.broker.get_record(self.run_id)
+        if record is not None:
+            self.record = record
+
+    async def follow(
+        self,
+        after: int = 0,
+        *,
+        heartbeat: float | None = None,
+        max_lag: int | None = None,
+        max_batch: int = 512,
+    ) -> AsyncIterator[list[RemoteEntry]]:
+        position = max(after, 0)
+        while True:
+            found = await self.broker.read(self.run_id, position, heartbeat or 5.0)
+            if not found:
+                await self.refresh()
+                if self.finished and self.last_seq <= position:
+                    return
+                if heartbeat:
+                    yield []
+                continue
+            for start in range(0, len(found), max_batch):
+                batch = [RemoteEntry(*entry) for entry in found[start : start + max_batch]]
+                position = batch[-1].seq
+                yield batch
+                if batch[-1].type in TERMINAL_TYPES:
+                    return
+
+    def cancel(self, code: str = "cancelled", message: str = "run cancelled") -> bool:
+        if self.finished:
+            return False
+        task = asyncio.get_running_loop().create_task(self.broker.request_cancel(self.run_id))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return True
+
+    async def wait(self) -> None:
+        while not self.finished:
+            await asyncio.sleep(0.05)
+            await self.refresh()
+
+    def describe(self) -> dict[str, Any]:
+        def number(key: str) -> float | None:
+            value = self.record.get(key, "")
+            return float(value) if value not in ("", "''") else None
+
+        return {
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "graph": self.graph.name,
+            "status": self.status.value,
+            "created_at": number("created_at"),
+            "started_at": number("started_at"),
+            "ended_at": number("ended_at"),
+            "first_token_at": number("first_token_at"),
+            "last_seq": self.last_seq,
+        }

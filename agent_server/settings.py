@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         description="Threads: a SQLite file path, 'postgresql://...', or 'memory://'.",
     )
     database_pool_size: int = Field(10, ge=1, description="PostgreSQL connections per worker.")
+    broker_url: str = Field(
+        "memory://",
+        description="How workers share runs: 'memory://' (one process) or 'redis://host:port/db'.",
+    )
+    broker_prefix: str = Field("agent-server", description="Namespace of the broker's keys.")
 
     ping_interval: float = Field(15.0, gt=0, description="Seconds between SSE keep-alive pings.")
     flush_interval: float = Field(

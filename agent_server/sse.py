@@ -33,7 +33,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from agent_server.runs import LogEntry, Run, SubscriberTooSlow
+from agent_server.runs import LogEntry, RemoteEntry, RemoteRun, Run, SubscriberTooSlow
 from agent_server.streams import Streams
 
 logger = logging.getLogger("agent_server.sse")
@@ -47,15 +47,15 @@ HEADERS = {
 }
 
 
-def format_events(batch: Iterable[LogEntry], id_prefix: bytes = b"") -> bytes:
+def format_events(batch: Iterable[LogEntry | RemoteEntry], id_prefix: bytes = b"") -> bytes:
     """One SSE event per frame, joined so a batch goes out in one write."""
     return b"".join(
-        b"id: %b%d\ndata: %b\n\n" % (id_prefix, entry.frame.seq, entry.data) for entry in batch
+        b"id: %b%d\ndata: %b\n\n" % (id_prefix, entry.seq, entry.data) for entry in batch
     )
 
 
 async def run_events(
-    run: Run,
+    run: Run | RemoteRun,
     streams: Streams,
     *,
     after: int = 0,

@@ -36,10 +36,10 @@ from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from agent_server.auth import BEARER_PROTOCOL_PREFIX, SUBPROTOCOL, User
+from agent_server.auth import SUBPROTOCOL, User
 from agent_server.connections import Connection, ConnectionManager
 from agent_server.graphs import UnknownGraphError
-from agent_server.runs import Forbidden, Run, RunRejected, SubscriberTooSlow
+from agent_server.runs import Forbidden, RemoteRun, Run, RunRejected, SubscriberTooSlow
 from agent_server.schemas import THREAD_ID_PATTERN, RunConfig
 from agent_server.state import AppState
 
@@ -160,16 +160,16 @@ class Session:
             send_timeout=state.streams.send_timeout,
         )
         self.reserved: set[str] = set()  # runs this socket will follow once acknowledged
+        self.explicit: set[str] = set()  # runs it started or subscribed to by run id
         self.last_heard = time.monotonic()
         self.closing: tuple[int, str] | None = None
 
     async def serve(self) -> None:
         websocket = self.websocket
+        # Only a protocol the client offered may be selected (RFC 6455): a client that
+        # sends its token as ``bearer.<token>`` offers ``agent-server.v1`` beside it.
         offered = websocket.scope.get("subprotocols") or []
-        subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
-        if subprotocol is None and any(p.startswith(BEARER_PROTOCOL_PREFIX) for p in offered):
-            subprotocol = SUBPROTOCOL  # a browser offered its token that way
-        await websocket.accept(subprotocol=subprotocol)
+        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         auth_error = websocket.scope.get("auth_error")
         if auth_error:
             await websocket.close(CLOSE_POLICY, f"unauthorized: {auth_error}")
@@ -263,7 +263,7 @@ class Session:
         if isinstance(message, RunMessage):
             await self.start(message)
         elif isinstance(message, CancelMessage):
-            run = self.find_run(message.run_id)
+            run = await self.find_run(message.run_id)
             if run.finished:
                 raise ClientError("run_finished", f"run {run.run_id} is already {run.status}")
             run.cancel("cancelled", "cancelled by the client")
@@ -272,19 +272,20 @@ class Session:
         elif isinstance(message, SubscribeMessage):
             await self.subscription(message)
         elif isinstance(message, RoomMessage):
-            self.state.runs.check_thread(message.thread_id, self.connection.user_id)
+            await self.check_thread(message.thread_id)
             if message.type == "join":
                 await self.connections.join(self.connection, message.thread_id)
                 self.follow_thread(message.thread_id)
             else:
                 await self.connections.leave(self.connection, message.thread_id)
+                self.unfollow_thread(message.thread_id)
         elif isinstance(message, PingMessage) and message.type == "ping":
             await self.send({"type": "pong", "id": message.id, "ts": _now_ms()})
 
-    def find_run(self, run_id: str) -> Run:
-        run = self.state.runs.get(run_id)
+    async def find_run(self, run_id: str) -> Run | RemoteRun:
+        run = await self.state.runs.find(run_id)
         if run is None:
-            gone = self.state.runs.was_dropped(run_id)
+            gone = await self.state.runs.is_gone(run_id)
             raise ClientError(
                 "run_gone" if gone else "run_not_found",
                 f"run {run_id} {'was dropped' if gone else 'does not exist'}",
@@ -297,6 +298,8 @@ class Session:
         if has_input == (message.message is not None):
             raise ClientError("invalid_message", "give exactly one of 'input' or 'message'")
         entry = self.state.graphs.get(message.graph)
+        if message.thread_id is not None:
+            await self.state.runs.load_thread_owner(message.thread_id, entry)
         config: dict[str, Any] = message.config.model_dump()
         run = Run(
             graph=entry,
@@ -312,12 +315,12 @@ class Session:
     async def resume(self, message: ResumeMessage) -> None:
         runs = self.state.runs
         if message.run_id is not None:
-            previous: Run | None = self.find_run(message.run_id)
+            previous: Run | RemoteRun | None = await self.find_run(message.run_id)
             assert previous is not None
             thread_id = previous.thread_id
         elif message.thread_id is not None:
             thread_id = message.thread_id
-            runs.check_thread(thread_id, self.connection.user_id)
+            await self.check_thread(thread_id, message.graph)
             previous = runs.latest_on_thread(thread_id)
         else:
             raise ClientError("invalid_message", "resume needs 'run_id' or 'thread_id'")
@@ -352,6 +355,7 @@ class Session:
             if client_run_id is not None:
                 accepted["client_run_id"] = client_run_id
             await self.send(accepted)
+            self.explicit.add(run.run_id)
             self.follow(run)
         finally:
             self.reserved.discard(run.run_id)
@@ -361,20 +365,22 @@ class Session:
             raise ClientError("invalid_message", "give exactly one of 'run_id' or 'thread_id'")
         if message.type == "subscribe":
             if message.run_id is not None:
-                run = self.find_run(message.run_id)
+                run = await self.find_run(message.run_id)
                 if run.finished and message.after > run.last_seq:
                     raise ClientError("invalid_message", f"after={message.after} is beyond the log")
+                self.explicit.add(run.run_id)
                 self.follow(run, message.after)
                 await self.send({"type": "subscribed", "run_id": run.run_id})
             else:
                 assert message.thread_id is not None
-                self.state.runs.check_thread(message.thread_id, self.connection.user_id)
+                await self.check_thread(message.thread_id)
                 self.connection.threads.add(message.thread_id)
                 self.connections.watch(self.connection, message.thread_id)
                 self.follow_thread(message.thread_id)
                 await self.send({"type": "subscribed", "thread_id": message.thread_id})
             return
         if message.run_id is not None:
+            self.explicit.discard(message.run_id)
             task = self.connection.followers.pop(message.run_id, None)
             if task is not None:
                 task.cancel()
@@ -382,22 +388,44 @@ class Session:
         else:
             assert message.thread_id is not None
             self.connections.unwatch(self.connection, message.thread_id)
+            self.unfollow_thread(message.thread_id)
             await self.send({"type": "unsubscribed", "thread_id": message.thread_id})
 
     # -- following runs ----------------------------------------------------------------
+
+    async def check_thread(self, thread_id: str, graph: str | None = None) -> None:
+        """Ownership, learning the owner from the thread's checkpoints if need be."""
+        runs = self.state.runs
+        latest = runs.latest_on_thread(thread_id)
+        name = graph or (latest.graph.name if latest else None)
+        if name is None and len(self.state.graphs) == 1:
+            name = self.state.graphs.names()[0]
+        entry = self.state.graphs.graphs.get(name) if name else None
+        await runs.load_thread_owner(thread_id, entry)
+        runs.check_thread(thread_id, self.connection.user_id)
+
+    def unfollow_thread(self, thread_id: str) -> None:
+        """Stop the runs this socket followed only because it watched the thread."""
+        if thread_id in self.connection.rooms or thread_id in self.connection.threads:
+            return
+        for run in self.state.runs.thread_runs(thread_id):
+            if run.run_id not in self.explicit:
+                task = self.connection.followers.pop(run.run_id, None)
+                if task is not None:
+                    task.cancel()
 
     def follow_thread(self, thread_id: str) -> None:
         for run in self.state.runs.thread_runs(thread_id):
             if not run.finished:
                 self.follow(run)
 
-    def follow(self, run: Run, after: int = 0) -> None:
+    def follow(self, run: Run | RemoteRun, after: int = 0) -> None:
         if run.run_id in self.connection.followers:
             return
         task = self.connection.spawn(self.pump(run, after), f"ws-follow-{run.run_id}")
         self.connection.followers[run.run_id] = task
 
-    async def pump(self, run: Run, after: int) -> None:
+    async def pump(self, run: Run | RemoteRun, after: int) -> None:
         streams = self.state.streams
         try:
             with streams.stream():
@@ -451,7 +479,11 @@ def fan_out(connections: ConnectionManager, sessions: dict[str, Session]) -> Any
     def on_submit(run: Run) -> None:
         for connection in connections.watching(run.thread_id):
             session = sessions.get(connection.client_id)
-            if session is not None and run.run_id not in session.reserved:
+            if session is None or run.run_id in session.reserved:
+                continue
+            # A watcher who joined before the thread had an owner sees nothing of it
+            # once somebody else's run has made it theirs.
+            if session.state.runs.owned_thread(run.thread_id, connection.user_id):
                 session.follow(run)
 
     return on_submit

@@ -42,3 +42,27 @@ def postgres_schema() -> Iterator[str]:
             yield f"{POSTGRES}?options={quote(f'-csearch_path={schema}')}"
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+REDIS = os.environ.get("AGENT_SERVER_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@contextmanager
+def redis_prefix() -> Iterator[tuple[str, str]]:
+    """The Redis URL and a fresh key prefix; every key under it is deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", exc)
+        raise
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield REDIS, prefix
+    finally:
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()

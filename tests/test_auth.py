@@ -228,3 +228,49 @@ def test_no_auth_on_a_public_address_is_loud(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level("WARNING", logger="agent_server.auth"):
         load_verifier(test_settings(host="127.0.0.1"))
     assert caplog.text == ""
+
+
+async def _next_non_ping(ws: Any, timeout: float = 5) -> dict[str, Any]:
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        for item in message if isinstance(message, list) else [message]:
+            if item.get("type") != "ping":
+                return item  # type: ignore[no-any-return]
+
+
+async def test_a_room_joined_early_shows_nothing_of_another_users_run(server: str) -> None:
+    ws_url = server.replace("http", "ws") + "/ws"
+    async with connect(ws_url, additional_headers=bearer("key-bob")) as bob:
+        await bob.send(json.dumps({"type": "join", "thread_id": "claimed-later"}))
+        assert (await _next_non_ping(bob))["type"] == "presence"
+        with httpx.Client(timeout=30) as client:
+            result = client.post(
+                f"{server}/runs/wait",
+                json={"graph": "agent", "message": "private", "thread_id": "claimed-later"},
+                headers=bearer("key-alice"),
+            )
+        assert result.status_code == 200
+        leaked: list[dict[str, Any]] = []
+        with pytest.raises(TimeoutError):
+            while True:
+                leaked.append(await _next_non_ping(bob, timeout=0.5))
+        assert not [m for m in leaked if "seq" in m]
+
+
+async def test_bearer_subprotocol_alone_is_accepted_without_a_protocol(server: str) -> None:
+    ws_url = server.replace("http", "ws") + "/ws"
+    async with connect(ws_url, subprotocols=["bearer.key-alice"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol is None  # never a protocol the client did not offer
+        await ws.send(json.dumps({"type": "ping", "id": 2}))
+        assert (await _next_non_ping(ws))["type"] == "pong"
+
+
+async def test_query_token_never_reaches_the_access_log(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws_url = server.replace("http", "ws") + "/ws?token=key-alice&x=1"
+    with caplog.at_level("INFO"):
+        async with connect(ws_url) as ws:
+            await ws.send(json.dumps({"type": "ping"}))
+            await _next_non_ping(ws)
+    assert "key-alice" not in caplog.text

@@ -294,3 +294,19 @@ def test_http_reconnects_reassemble_the_exact_stream(server: str, cuts: list[int
                         break
         final = client.get(f"{server}/runs/{run_id}").json()
     assert received == list(range(1, final["last_seq"] + 1))
+
+
+def test_wait_cancels_its_run_when_the_client_leaves(server: str) -> None:
+    with httpx.Client(timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):
+        client.post(
+            f"{server}/runs/wait", json={"graph": "ticker", "message": "x", "thread_id": "w-leave"}
+        )
+    with httpx.Client(timeout=30) as client:
+        runs: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            runs = client.get(f"{server}/threads/w-leave/runs").json()["runs"]
+            if runs and runs[0]["status"] == "cancelled":
+                break
+            time.sleep(0.05)
+    assert runs and runs[0]["status"] == "cancelled"

@@ -266,3 +266,55 @@ async def test_tokens_reach_followers_while_running() -> None:
     run.cancel()
     await run.wait()
     await manager.shutdown()
+
+
+async def test_a_run_cancelled_before_it_starts_still_ends() -> None:
+    """interrupt right after submit: the first task is cancelled before it ever runs."""
+    manager = RunManager()
+    first = manager.submit(new_run(AGENT, thread="race"))
+    second = manager.submit(new_run(AGENT, thread="race"), "interrupt")
+    await asyncio.wait_for(second.wait(), 5)
+    assert first.status is RunStatus.CANCELLED
+    assert [e.frame.type for e in first.log] == ["run_start", "error"]
+    assert second.status is RunStatus.SUCCESS
+    await asyncio.sleep(0)
+    assert manager.queued == 0 and manager.active == 0
+    await manager.shutdown()
+
+
+async def test_a_timeout_raised_by_the_graph_is_a_failure_not_the_run_timeout() -> None:
+    async def node(state: MessagesState) -> dict[str, list[str]]:
+        await asyncio.wait_for(asyncio.sleep(1), 0.01)
+        return {"messages": []}
+
+    graph = entry(StateGraph(MessagesState).add_node("n", node).add_edge(START, "n").compile())
+    manager = RunManager()
+    run = manager.submit(new_run(graph, thread="own-timeout"))
+    await run.wait()
+    last = run.log[-1].frame
+    assert run.status is RunStatus.ERROR and isinstance(last, Error) and last.code == "run_error"
+    await manager.shutdown()
+
+
+async def test_thread_owner_is_read_back_from_the_checkpoints() -> None:
+    from agent_server.runs import Forbidden
+
+    first = RunManager()
+    run = first.submit(new_run(AGENT, thread="owned", owner="alice"))
+    await run.wait()
+    await first.shutdown()
+    restarted = RunManager()  # knows nothing: a restart, or another worker
+    await restarted.load_thread_owner("owned", AGENT)
+    restarted.check_thread("owned", "alice")
+    with pytest.raises(Forbidden):
+        restarted.check_thread("owned", "mallory")
+    # a thread with checkpoints but no owner record is refused to authenticated users
+    anonymous = RunManager()
+    unowned = anonymous.submit(new_run(AGENT, thread="unowned"))
+    await unowned.wait()
+    fresh = RunManager()
+    await fresh.load_thread_owner("unowned", AGENT)
+    with pytest.raises(Forbidden):
+        fresh.check_thread("unowned", "alice")
+    fresh.check_thread("unowned", None)  # auth off: allowed
+    await anonymous.shutdown()

@@ -286,3 +286,34 @@ async def test_two_hundred_sockets_leave_nothing_behind(
     gc.collect()
     leftover = [t for t in asyncio.all_tasks() if "ws-" in t.get_name()]
     assert leftover == []  # (this loop's tasks; the server's are checked via its tables)
+
+
+async def test_leaving_a_room_stops_its_runs_frames(url: str) -> None:
+    async with connect(url) as starter, connect(url) as watcher:
+        await watcher.send(json.dumps({"type": "join", "thread_id": "leave-room"}))
+        await anext(messages(watcher))
+        await starter.send(
+            json.dumps(
+                {
+                    "type": "run",
+                    "graph": "ticker",
+                    "message": "x",
+                    "thread_id": "leave-room",
+                    "timeout": 3,
+                }
+            )
+        )
+        async for message in messages(watcher):
+            if message.get("type") == "custom":
+                break
+        await watcher.send(json.dumps({"type": "leave", "thread_id": "leave-room"}))
+        after: list[dict[str, Any]] = []
+
+        async def listen() -> None:
+            async for message in messages(watcher):
+                after.append(message)
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(listen(), 0.6)
+        # at most what was already on its way when the leave arrived
+        assert len([m for m in after if m.get("type") == "custom"]) <= 3

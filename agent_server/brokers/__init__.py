@@ -1,0 +1,57 @@
+"""Brokers: how runs are shared between worker processes, chosen by URL.
+
+``AGENT_SERVER_BROKER_URL`` picks one: ``memory://`` (the default: one process, nothing
+shared) or ``redis://host:port/db``. Each implements :class:`Broker`, one small async
+interface, and the same contract tests run against both (``tests/test_brokers.py``).
+
+What a broker holds for a run: its *record* (graph, thread, owner, status, worker,
+timings), so any worker can answer for it; its *log* (the encoded frames, in order), so
+any worker can replay and follow it; and *cancel requests*, so a cancel on worker B
+stops the run executing on worker A.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+# (seq, frame type, the frame's JSON)
+Entry = tuple[int, str, bytes]
+
+
+class Broker(Protocol):
+    shared: bool  # False for memory://: every run is local, nothing to publish
+
+    async def publish(self, run_id: str, entries: Sequence[Entry]) -> None: ...
+
+    async def read(self, run_id: str, after: int, block: float | None) -> list[Entry]:
+        """Entries with seq > ``after``; waits up to ``block`` seconds for some."""
+        ...
+
+    async def put_record(self, run_id: str, record: dict[str, str]) -> None: ...
+
+    async def get_record(self, run_id: str) -> dict[str, str] | None: ...
+
+    async def expire(self, run_id: str, log_seconds: float, record_seconds: float) -> None:
+        """After a run ends: keep its log and record this long (record outlives log)."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> None: ...
+
+    def cancel_requests(self) -> AsyncIterator[str]:
+        """Run ids whose cancellation any worker requested (for the executing worker)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_broker(url: str, *, prefix: str = "agent-server") -> Broker:
+    if url.startswith("memory://"):
+        from agent_server.brokers.memory import MemoryBroker
+
+        return MemoryBroker()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from agent_server.brokers.redis import RedisBroker
+
+        return RedisBroker(url, prefix=prefix)
+    raise ValueError(f"unknown broker URL {url!r}: expected 'memory://' or 'redis://...'")

@@ -1,0 +1,62 @@
+"""The in-process broker: the default, for one worker. Runs are all local, so the server
+never publishes to it (``shared = False``); it implements the contract fully anyway, so
+the broker tests hold it to the same behaviour as Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from agent_server.brokers import Entry
+
+
+class MemoryBroker:
+    shared = False
+
+    def __init__(self) -> None:
+        self.logs: dict[str, list[Entry]] = {}
+        self.records: dict[str, dict[str, str]] = {}
+        self._changed = asyncio.Condition()
+        self._cancels: asyncio.Queue[str] = asyncio.Queue()
+
+    async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
+        async with self._changed:
+            self.logs.setdefault(run_id, []).extend(entries)
+            self._changed.notify_all()
+
+    async def read(self, run_id: str, after: int, block: float | None) -> list[Entry]:
+        def newer() -> list[Entry]:
+            return [e for e in self.logs.get(run_id, ()) if e[0] > after]
+
+        async with self._changed:
+            if not (found := newer()) and block:
+                try:
+                    async with asyncio.timeout(block):
+                        await self._changed.wait_for(lambda: bool(newer()))
+                except TimeoutError:
+                    pass
+                found = newer()
+        return found
+
+    async def put_record(self, run_id: str, record: dict[str, str]) -> None:
+        self.records.setdefault(run_id, {}).update(record)
+
+    async def get_record(self, run_id: str) -> dict[str, str] | None:
+        record = self.records.get(run_id)
+        return dict(record) if record is not None else None
+
+    async def expire(self, run_id: str, log_seconds: float, record_seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(log_seconds, self.logs.pop, run_id, None)
+        loop.call_later(record_seconds, self.records.pop, run_id, None)
+
+    async def request_cancel(self, run_id: str) -> None:
+        await self._cancels.put(run_id)
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        while True:
+            yield await self._cancels.get()
+
+    async def close(self) -> None:
+        self.logs.clear()
+        self.records.clear()

@@ -1,0 +1,94 @@
+"""The Redis broker: runs shared by every worker (redis-py's asyncio client).
+
+- A run's log is a Redis Stream, ``<prefix>:run:<id>:log``, one entry per frame with the
+  explicit id ``0-<seq>``: ``XREAD BLOCK`` from ``0-<after>`` is exactly "the frames after
+  this seq", which is what resume needs, and the ids refuse a duplicate or out-of-order
+  append. It is capped (``MAXLEN ~``) so a runaway run cannot fill Redis.
+- Its record is a hash, ``<prefix>:run:<id>``.
+- Cancel requests go through pub/sub on ``<prefix>:cancel``; only the worker executing
+  the run acts on them.
+- After a run ends its log expires after the retention time and its record a day later,
+  so that asking for a dropped log is "gone" (410), not "never existed" (404).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import redis.asyncio as redis
+
+from agent_server.brokers import Entry
+
+LOG_CAP = 100_000  # frames kept per run, approximately
+
+
+class RedisBroker:
+    shared = True
+
+    def __init__(self, url: str, *, prefix: str = "agent-server") -> None:
+        self.client: redis.Redis = redis.Redis.from_url(url)
+        self.prefix = prefix
+
+    def _log(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:log"
+
+    def _record(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}"
+
+    @property
+    def _cancel_channel(self) -> str:
+        return f"{self.prefix}:cancel"
+
+    async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
+        key = self._log(run_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for seq, kind, data in entries:
+                pipe.xadd(
+                    key, {"t": kind, "d": data}, id=f"0-{seq}", maxlen=LOG_CAP, approximate=True
+                )
+            await pipe.execute()
+
+    async def read(self, run_id: str, after: int, block: float | None) -> list[Entry]:
+        key = self._log(run_id)
+        block_ms = int(block * 1000) if block else None
+        response: Any = await self.client.xread({key: f"0-{after}"}, block=block_ms)
+        entries: list[Entry] = []
+        for _, messages in response or ():
+            for message_id, fields in messages:
+                seq = int(message_id.split(b"-")[1])
+                entries.append((seq, fields[b"t"].decode(), fields[b"d"]))
+        return entries
+
+    async def put_record(self, run_id: str, record: dict[str, str]) -> None:
+        await self.client.hset(self._record(run_id), mapping=dict(record))  # type: ignore[arg-type]
+
+    async def get_record(self, run_id: str) -> dict[str, str] | None:
+        raw: Any = await self.client.hgetall(self._record(run_id))
+        if not raw:
+            return None
+        record = {k.decode(): v.decode() for k, v in raw.items()}
+        record["log_exists"] = "1" if await self.client.exists(self._log(run_id)) else "0"
+        return record
+
+    async def expire(self, run_id: str, log_seconds: float, record_seconds: float) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.expire(self._log(run_id), max(1, int(log_seconds)))
+            pipe.expire(self._record(run_id), max(1, int(record_seconds)))
+            await pipe.execute()
+
+    async def request_cancel(self, run_id: str) -> None:
+        await self.client.publish(self._cancel_channel, run_id)
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(self._cancel_channel)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield message["data"].decode()
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,82 @@
+"""The broker contract, run against every backend (memory and a real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agent_server.brokers import Broker, open_broker
+from tests.services import redis_prefix
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    if request.param == "memory":
+        broker = open_broker("memory://")
+        yield broker
+        await broker.close()
+        return
+    with redis_prefix() as (url, prefix):
+        broker = open_broker(url, prefix=prefix)
+        yield broker
+        await broker.close()
+
+
+async def test_log_reads_after_a_seq(broker: Broker) -> None:
+    await broker.publish("r1", [(1, "run_start", b"{1}"), (2, "token", b"{2}")])
+    await broker.publish("r1", [(3, "done", b"{3}")])
+    assert await broker.read("r1", 0, None) == [
+        (1, "run_start", b"{1}"),
+        (2, "token", b"{2}"),
+        (3, "done", b"{3}"),
+    ]
+    assert await broker.read("r1", 2, None) == [(3, "done", b"{3}")]
+    assert await broker.read("r1", 3, 0.05) == []
+    assert await broker.read("other", 0, 0.05) == []
+
+
+async def test_blocking_read_wakes_on_publish(broker: Broker) -> None:
+    reader = asyncio.create_task(broker.read("r2", 0, 5))
+    await asyncio.sleep(0.1)
+    assert not reader.done()
+    await broker.publish("r2", [(1, "run_start", b"x")])
+    assert await asyncio.wait_for(reader, 2) == [(1, "run_start", b"x")]
+
+
+async def test_records_and_expiry(broker: Broker) -> None:
+    assert await broker.get_record("r3") is None
+    await broker.put_record("r3", {"status": "running", "graph": "agent"})
+    await broker.put_record("r3", {"status": "success"})
+    await broker.publish("r3", [(1, "done", b"x")])
+    record = await broker.get_record("r3")
+    assert record is not None
+    assert record["status"] == "success" and record["graph"] == "agent"
+    await broker.expire("r3", 1, 3)
+    await asyncio.sleep(1.3)
+    assert await broker.read("r3", 0, None) == []  # the log went first
+    assert (await broker.get_record("r3") or {}).get("status") == "success"
+
+
+async def test_cancel_requests_reach_listeners(broker: Broker) -> None:
+    received: list[str] = []
+
+    async def listen() -> None:
+        async for run_id in broker.cancel_requests():
+            received.append(run_id)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.1)  # subscribed
+    await broker.request_cancel("r4")
+    for _ in range(40):
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    listener.cancel()
+    assert received == ["r4"]
+
+
+def test_unknown_broker_url() -> None:
+    with pytest.raises(ValueError, match="unknown broker URL"):
+        open_broker("kafka://x")
