@@ -8,7 +8,9 @@ import gc
 import json
 import logging.config
 import os
+import socket
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--reload", action="store_true", help="restart on code changes")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (needs a shared broker, e.g. redis://)",
+    )
+    serve.add_argument("--shared-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--log-level", help="log level (default info)")
     serve.add_argument(
         "--log-json",
@@ -82,7 +91,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 GC_THRESHOLDS = (50_000, 20, 50)
 
 
-def _serve(settings: Settings, reload: bool) -> int:
+def _serve(settings: Settings, reload: bool, *, shared_port: bool = False) -> int:
     import uvicorn
 
     from agent_server.app import create_app
@@ -117,8 +126,66 @@ def _serve(settings: Settings, reload: bool) -> int:
         return 0
     app = create_app(settings)
     server = Server(uvicorn.Config(app, **options), app, grace=settings.shutdown_grace)
-    server.run()
+    server.run(sockets=[reuse_port_socket(settings.host, settings.port)] if shared_port else None)
     return 0
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that sibling workers bind too; the kernel spreads connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve_workers(argv: Sequence[str], settings: Settings, workers: int) -> int:
+    """N ``serve`` processes on one port (SO_REUSEPORT), each with its drained shutdown.
+
+    Runs and threads must be shared between them, so a ``memory://`` broker is refused.
+    The parent forwards SIGTERM/SIGINT to every worker, waits for them, and stops them
+    all if one dies.
+    """
+    import signal
+    import subprocess
+
+    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        print(
+            "agent-server: --workers needs a shared broker: set AGENT_SERVER_BROKER_URL to "
+            "redis://host:port/db (with memory:// each worker would see only its own runs)",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.database_url.startswith("memory://"):
+        print(
+            "agent-server: --workers needs a shared database (SQLite or PostgreSQL)",
+            file=sys.stderr,
+        )
+        return 2
+    child_argv = [a for a in argv if not a.startswith("--workers")]
+    if "--workers" in argv:  # "--workers N" as two arguments
+        index = list(argv).index("--workers")
+        child_argv = list(argv[:index]) + list(argv[index + 2 :])
+    command = [sys.executable, "-m", "agent_server.cli", *child_argv, "--shared-port"]
+    children = [subprocess.Popen(command) for _ in range(workers)]
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        codes = [child.poll() for child in children]
+        if all(code is not None for code in codes):
+            return 0
+        if any(code is not None for code in codes):
+            forward(signal.SIGTERM, None)  # one died: stop the rest rather than limp on
+        time.sleep(0.2)
 
 
 async def _run(
@@ -194,7 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.config.dictConfig(log_config(settings.log_level, json=settings.log_json))
     if args.command == "serve":
-        return _serve(settings, args.reload)
+        if args.workers > 1:
+            if args.reload:
+                print("agent-server: --reload and --workers do not mix", file=sys.stderr)
+                return 2
+            return _serve_workers(
+                list(argv if argv is not None else sys.argv[1:]), settings, args.workers
+            )
+        return _serve(settings, args.reload, shared_port=args.shared_port)
     try:
         if args.command == "run":
             return asyncio.run(

@@ -15,6 +15,7 @@ Resume rules (see docs/protocol.md):
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from typing import Any
 
@@ -311,7 +312,12 @@ async def healthz(request: Request) -> Response:
     state = app_state(request)
     status = "ok" if state.runs.accepting else "shutting_down"
     return JSONResponse(
-        {"status": status, "graphs": len(state.graphs), "tools": len(state.tools)},
+        {
+            "status": status,
+            "graphs": len(state.graphs),
+            "tools": len(state.tools),
+            "worker": os.getpid(),
+        },
         status_code=200 if state.runs.accepting else 503,
     )
 

@@ -151,3 +151,56 @@ def test_thread_continues_on_the_other_worker(workers: tuple[str, str]) -> None:
         ).json()
     humans = [m["content"] for m in result["values"]["messages"] if m["type"] == "human"]
     assert humans == ["one", "two"]
+
+
+def test_serve_workers_refuses_memory_broker() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent_server.cli", "serve", "--workers", "2"],
+        cwd=ROOT,
+        env={**os.environ, "AGENT_SERVER_BROKER_URL": "memory://"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--workers needs a shared broker" in result.stderr
+
+
+def test_serve_workers_shares_one_port() -> None:
+    import signal
+
+    with postgres_schema() as database, redis_prefix() as (redis_url, prefix):
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "AGENT_SERVER_DATABASE_URL": database,
+            "AGENT_SERVER_BROKER_URL": redis_url,
+            "AGENT_SERVER_BROKER_PREFIX": prefix,
+            "AGENT_SERVER_LOG_LEVEL": "warning",
+            "AGENT_SERVER_SHUTDOWN_GRACE": "1",
+        }
+        command = [sys.executable, "-m", "agent_server.cli", "serve", "--workers", "2",
+                   "--port", str(port)]  # fmt: skip
+        parent = subprocess.Popen(command, cwd=ROOT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            workers: set[int] = set()
+            deadline = time.monotonic() + 40
+            while len(workers) < 2 and time.monotonic() < deadline:
+                try:  # a new connection each time: the kernel spreads them
+                    workers.add(httpx.get(f"{url}/healthz", timeout=2).json()["worker"])
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert len(workers) == 2
+            runs = [
+                httpx.post(f"{url}/runs", json={"graph": "agent", "message": f"m{i}"}).json()
+                for i in range(6)
+            ]
+            for run in runs:  # every run is visible through any worker
+                stream = httpx.get(f"{url}/runs/{run['run_id']}/stream", timeout=30).content
+                assert stream.endswith(b"data: [DONE]\n\n") and b'"type":"done"' in stream
+        finally:
+            parent.send_signal(signal.SIGTERM)
+            parent.wait(timeout=30)
+    assert parent.returncode == 0
