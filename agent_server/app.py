@@ -31,7 +31,7 @@ from agent_server.settings import Settings
 from agent_server.state import AppState
 from agent_server.streams import Streams
 from agent_server.tools import ToolRegistry
-from agent_server.ws import fan_out, websocket_endpoint
+from agent_server.ws import fan_out, fan_out_remote, websocket_endpoint
 
 logger = logging.getLogger("agent_server")
 
@@ -81,11 +81,16 @@ async def open_state(
         connections = ConnectionManager()
         sessions: dict[str, Any] = {}
         runs.on_submit.append(fan_out(connections, sessions))
+        runs.on_remote_submit.append(fan_out_remote(runs, connections, sessions))
         janitor = asyncio.create_task(runs.janitor(), name="agent-server-janitor")
-        listener = (
-            asyncio.create_task(runs.listen_for_cancels(), name="agent-server-cancels")
+        background = (
+            [
+                asyncio.create_task(runs.listen_for_cancels(), name="agent-server-cancels"),
+                asyncio.create_task(runs.listen_for_announcements(), name="agent-server-runs"),
+                asyncio.create_task(runs.keep_alive(), name="agent-server-heartbeat"),
+            ]
             if broker.shared
-            else None
+            else []
         )
         try:
             yield AppState(
@@ -102,8 +107,8 @@ async def open_state(
             )
         finally:
             janitor.cancel()
-            if listener is not None:
-                listener.cancel()
+            for task in background:
+                task.cancel()
             await runs.drain(settings.shutdown_grace)
 
 

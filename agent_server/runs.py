@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -56,6 +58,7 @@ from agent_server.frames import (
     Interrupt,
     RunStart,
     encode,
+    now_ms,
 )
 from agent_server.graphs import GraphEntry, GraphRegistry
 from agent_server.translate import STREAM_MODE, EventTranslator, FrameFactory
@@ -68,6 +71,8 @@ current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
 )
 
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
+# Seconds after its last heartbeat that a worker's unfinished runs count as lost.
+LOST_AFTER = 6.0
 # The owner of a thread that exists but whose creator is not recorded.
 UNKNOWN_OWNER = "\x00unknown"
 
@@ -381,6 +386,9 @@ class RunManager:
         self.on_submit: list[Callable[[Run], None]] = []  # e.g. room fan-out
         self._thread_owners: OrderedDict[str, str | None] = OrderedDict()
         self.graphs: GraphRegistry | None = None  # to rebuild runs of other workers
+        self.worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # (run id, thread id) of runs that started on other workers, e.g. room fan-out
+        self.on_remote_submit: list[Callable[[str, str], None]] = []
         self._slots = asyncio.Semaphore(self.limits.max_concurrent)
         self._unfinished = 0  # accepted and not finished: running or waiting
         self._running = 0  # holding a slot
@@ -556,8 +564,9 @@ class RunManager:
         """Copy the run's log and status to the shared broker, batch by batch."""
         broker = self.broker
         try:
-            await broker.put_record(run.run_id, run.record())
+            await broker.put_record(run.run_id, {**run.record(), "worker": self.worker})
             run.announced.set()
+            await broker.announce(run.run_id, run.thread_id, self.worker)
             async for batch in run.follow():
                 await broker.publish(run.run_id, [(e.seq, e.type, e.data) for e in batch])
                 await broker.put_record(run.run_id, run.record())
@@ -573,6 +582,20 @@ class RunManager:
             logger.exception("could not publish run %s to the broker", run.run_id)
         finally:
             run.announced.set()  # never leave a route waiting
+
+    async def keep_alive(self, interval: float = 2.0) -> None:
+        """This worker's heartbeat in the broker (lifespan task); its runs are declared
+        lost ``LOST_AFTER`` seconds after the last beat."""
+        while True:
+            await self.broker.heartbeat(self.worker, LOST_AFTER)
+            await asyncio.sleep(interval)
+
+    async def listen_for_announcements(self) -> None:
+        """Runs started on other workers, for the callbacks (lifespan task)."""
+        async for run_id, thread_id, worker in self.broker.announcements():
+            if worker != self.worker:
+                for callback in self.on_remote_submit:
+                    callback(run_id, thread_id)
 
     async def listen_for_cancels(self) -> None:
         """Cancel requests from any worker, for the runs executing here (lifespan task)."""
@@ -676,6 +699,38 @@ class RemoteRun:
         record = await self.broker.get_record(self.run_id)
         if record is not None:
             self.record = record
+        worker = self.record.get("worker")
+        if not self.finished and worker and not await self.broker.is_alive(worker):
+            await self._end_lost(worker)
+
+    async def _end_lost(self, worker: str) -> None:
+        """The executing worker died: end the run for everyone, once."""
+        seq = self.last_seq
+        last = await self.broker.read(self.run_id, seq, None)
+        if last:
+            seq = last[-1][0]
+            if last[-1][1] in TERMINAL_TYPES:
+                return  # it ended after all; the record was just behind
+        frame = Error(
+            run_id=self.run_id,
+            seq=seq + 1,
+            ts=now_ms(),
+            code="worker_lost",
+            message=f"the worker executing this run stopped ({worker})",
+        )
+        if await self.broker.append_next(self.run_id, (frame.seq, frame.type, encode(frame))):
+            logger.warning("run %s lost its worker %s", self.run_id, worker)
+            await self.broker.put_record(
+                self.run_id,
+                {"status": RunStatus.ERROR.value, "last_seq": str(frame.seq),
+                 "ended_at": repr(time.time())},
+            )  # fmt: skip
+        await self.refresh_record()
+
+    async def refresh_record(self) -> None:
+        record = await self.broker.get_record(self.run_id)
+        if record is not None:
+            self.record = record
 
     async def follow(
         self,
@@ -686,15 +741,21 @@ class RemoteRun:
         max_batch: int = 512,
     ) -> AsyncIterator[list[RemoteEntry]]:
         position = max(after, 0)
+        quiet_since = time.monotonic()
         while True:
-            found = await self.broker.read(self.run_id, position, heartbeat or 5.0)
+            # Short reads, so a lost worker is noticed within seconds.
+            found = await self.broker.read(self.run_id, position, min(heartbeat or 2.0, 2.0))
             if not found:
                 await self.refresh()
-                if self.finished and self.last_seq <= position:
+                if self.finished and self.last_seq > position:
+                    continue  # e.g. the worker_lost frame just written
+                if self.finished:
                     return
-                if heartbeat:
+                if heartbeat and time.monotonic() - quiet_since >= heartbeat:
+                    quiet_since = time.monotonic()
                     yield []
                 continue
+            quiet_since = time.monotonic()
             for start in range(0, len(found), max_batch):
                 batch = [RemoteEntry(*entry) for entry in found[start : start + max_batch]]
                 position = batch[-1].seq

@@ -39,7 +39,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from agent_server.auth import SUBPROTOCOL, User
 from agent_server.connections import Connection, ConnectionManager
 from agent_server.graphs import UnknownGraphError
-from agent_server.runs import Forbidden, RemoteRun, Run, RunRejected, SubscriberTooSlow
+from agent_server.runs import (
+    Forbidden,
+    RemoteRun,
+    Run,
+    RunManager,
+    RunRejected,
+    SubscriberTooSlow,
+)
 from agent_server.schemas import THREAD_ID_PATTERN, RunConfig
 from agent_server.state import AppState
 
@@ -414,6 +421,11 @@ class Session:
                 if task is not None:
                     task.cancel()
 
+    async def follow_remote(self, run_id: str) -> None:
+        run = await self.state.runs.find(run_id)
+        if run is not None and self.state.runs.owned_thread(run.thread_id, self.connection.user_id):
+            self.follow(run)
+
     def follow_thread(self, thread_id: str) -> None:
         for run in self.state.runs.thread_runs(thread_id):
             if not run.finished:
@@ -487,6 +499,20 @@ def fan_out(connections: ConnectionManager, sessions: dict[str, Session]) -> Any
                 session.follow(run)
 
     return on_submit
+
+
+def fan_out_remote(
+    runs: RunManager, connections: ConnectionManager, sessions: dict[str, Session]
+) -> Any:
+    """A ``RunManager.on_remote_submit`` callback: rooms span workers."""
+
+    def on_remote_submit(run_id: str, thread_id: str) -> None:
+        for connection in connections.watching(thread_id):
+            session = sessions.get(connection.client_id)
+            if session is not None:
+                connection.spawn(session.follow_remote(run_id), f"ws-remote-{run_id}")
+
+    return on_remote_submit
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:

@@ -28,43 +28,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_workers(
+    database: str, redis_url: str, prefix: str, count: int = 2
+) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AGENT_SERVER_DATABASE_URL": database,
+        "AGENT_SERVER_BROKER_URL": redis_url,
+        "AGENT_SERVER_BROKER_PREFIX": prefix,
+        "AGENT_SERVER_LOG_LEVEL": "warning",
+    }
+    processes, urls = [], []
+    for _ in range(count):
+        port = free_port()
+        command = [
+            sys.executable, "-m", "agent_server.cli", "serve", "--port", str(port),
+            "--graph", "ticker=tests.sample_graphs:ticker",
+        ]  # fmt: skip
+        processes.append(subprocess.Popen(command, cwd=ROOT, env=env))
+        urls.append(f"http://127.0.0.1:{port}")
+    for url in urls:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "worker did not start"
+            time.sleep(0.1)
+    return processes, urls
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        process.wait(timeout=20)
+
+
 @pytest.fixture(scope="module")
 def workers() -> Iterator[tuple[str, str]]:
     with postgres_schema() as database, redis_prefix() as (redis_url, prefix):
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "AGENT_SERVER_DATABASE_URL": database,
-            "AGENT_SERVER_BROKER_URL": redis_url,
-            "AGENT_SERVER_BROKER_PREFIX": prefix,
-            "AGENT_SERVER_LOG_LEVEL": "warning",
-        }
-        processes, urls = [], []
-        for _ in range(2):
-            port = free_port()
-            command = [
-                sys.executable, "-m", "agent_server.cli", "serve", "--port", str(port),
-                "--graph", "ticker=tests.sample_graphs:ticker",
-            ]  # fmt: skip
-            processes.append(subprocess.Popen(command, cwd=ROOT, env=env))
-            urls.append(f"http://127.0.0.1:{port}")
+        processes, urls = start_workers(database, redis_url, prefix)
         try:
-            for url in urls:
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        if httpx.get(f"{url}/healthz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert time.monotonic() < deadline, "worker did not start"
-                    time.sleep(0.1)
             yield urls[0], urls[1]
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(timeout=20)
+            stop(processes)
 
 
 def frames(raw: bytes) -> list[dict[str, Any]]:
@@ -204,3 +216,67 @@ def test_serve_workers_shares_one_port() -> None:
             parent.send_signal(signal.SIGTERM)
             parent.wait(timeout=30)
     assert parent.returncode == 0
+
+
+def test_a_room_spans_workers(workers: tuple[str, str]) -> None:
+    a, b = workers
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with (
+            connect(a.replace("http", "ws") + "/ws") as on_a,
+            connect(b.replace("http", "ws") + "/ws") as on_b,
+        ):
+            for ws in (on_a, on_b):
+                await ws.send(json.dumps({"type": "join", "thread_id": "span"}))
+            await asyncio.sleep(0.3)
+            await on_a.send(
+                json.dumps({"type": "run", "graph": "agent", "message": "2+2", "thread_id": "span"})
+            )
+
+            async def frames_until_done(ws: Any) -> list[dict[str, Any]]:
+                got: list[dict[str, Any]] = []
+                while True:
+                    data = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                    for message in data if isinstance(data, list) else [data]:
+                        if "seq" in message:
+                            got.append(message)
+                            if message["type"] in ("done", "error"):
+                                return got
+
+            return await asyncio.gather(frames_until_done(on_a), frames_until_done(on_b))
+
+    seen_on_a, seen_on_b = asyncio.run(scenario())
+    assert seen_on_a == seen_on_b
+    assert any(m["type"] == "tool_end" and m["output"] == "4" for m in seen_on_b)
+
+
+def test_a_killed_worker_leaves_its_runs_worker_lost() -> None:
+    import signal
+
+    with postgres_schema() as database, redis_prefix() as (redis_url, prefix):
+        processes, (a, b) = start_workers(database, redis_url, prefix)
+        try:
+            run_id = httpx.post(f"{a}/runs", json={"graph": "ticker", "message": "x"}).json()[
+                "run_id"
+            ]
+            with (
+                httpx.Client(timeout=60) as client,
+                client.stream("GET", f"{b}/runs/{run_id}/stream") as response,
+            ):
+                raw = b""
+                killed_at = None
+                for chunk in response.iter_raw():
+                    raw += chunk
+                    if killed_at is None and raw.count(b'"tick"') >= 3:
+                        processes[0].send_signal(signal.SIGKILL)  # mid-run, no goodbye
+                        killed_at = time.monotonic()
+            noticed = time.monotonic() - (killed_at or 0)
+            log = frames(raw)
+            record = httpx.get(f"{b}/runs/{run_id}").json()
+        finally:
+            stop(processes)
+    assert log[-1]["type"] == "error" and log[-1]["code"] == "worker_lost"
+    assert [f["seq"] for f in log] == list(range(1, len(log) + 1))
+    assert raw.endswith(b"data: [DONE]\n\n")
+    assert record["status"] == "error"
+    assert noticed < 15  # heartbeat TTL (6 s) plus a read interval

@@ -6,8 +6,10 @@ interface, and the same contract tests run against both (``tests/test_brokers.py
 
 What a broker holds for a run: its *record* (graph, thread, owner, status, worker,
 timings), so any worker can answer for it; its *log* (the encoded frames, in order), so
-any worker can replay and follow it; and *cancel requests*, so a cancel on worker B
-stops the run executing on worker A.
+any worker can replay and follow it; *cancel requests*, so a cancel on worker B stops the
+run executing on worker A; *announcements* of new runs, so rooms span workers; and each
+worker's *heartbeat*, so a run whose worker died is ended (``worker_lost``) by whoever
+notices first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ class Broker(Protocol):
     async def expire(self, run_id: str, log_seconds: float, record_seconds: float) -> None:
         """After a run ends: keep its log and record this long (record outlives log)."""
         ...
+
+    async def append_next(self, run_id: str, entry: Entry) -> bool:
+        """Append only if ``entry`` comes after the log's last seq; False if not (so of
+        two workers ending a lost run, exactly one writes the final frame)."""
+        ...
+
+    async def announce(self, run_id: str, thread_id: str, worker: str) -> None:
+        """Tell every worker a run started (rooms on other workers follow it)."""
+        ...
+
+    def announcements(self) -> AsyncIterator[tuple[str, str, str]]:
+        """(run id, thread id, worker) of every announced run."""
+        ...
+
+    async def heartbeat(self, worker: str, ttl: float) -> None:
+        """This worker is alive for ``ttl`` more seconds."""
+        ...
+
+    async def is_alive(self, worker: str) -> bool: ...
 
     async def request_cancel(self, run_id: str) -> None: ...
 

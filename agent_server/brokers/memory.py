@@ -5,6 +5,7 @@ the broker tests hold it to the same behaviour as Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 
 from agent_server.brokers import Entry
@@ -18,6 +19,8 @@ class MemoryBroker:
         self.records: dict[str, dict[str, str]] = {}
         self._changed = asyncio.Condition()
         self._cancels: asyncio.Queue[str] = asyncio.Queue()
+        self._announcements: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
+        self._alive_until: dict[str, float] = {}
 
     async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
         async with self._changed:
@@ -49,6 +52,26 @@ class MemoryBroker:
         loop = asyncio.get_running_loop()
         loop.call_later(log_seconds, self.logs.pop, run_id, None)
         loop.call_later(record_seconds, self.records.pop, run_id, None)
+
+    async def append_next(self, run_id: str, entry: Entry) -> bool:
+        log = self.logs.get(run_id, [])
+        if log and log[-1][0] >= entry[0]:
+            return False
+        await self.publish(run_id, [entry])
+        return True
+
+    async def announce(self, run_id: str, thread_id: str, worker: str) -> None:
+        await self._announcements.put((run_id, thread_id, worker))
+
+    async def announcements(self) -> AsyncIterator[tuple[str, str, str]]:
+        while True:
+            yield await self._announcements.get()
+
+    async def heartbeat(self, worker: str, ttl: float) -> None:
+        self._alive_until[worker] = time.monotonic() + ttl
+
+    async def is_alive(self, worker: str) -> bool:
+        return self._alive_until.get(worker, 0.0) > time.monotonic()
 
     async def request_cancel(self, run_id: str) -> None:
         await self._cancels.put(run_id)

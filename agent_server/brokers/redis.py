@@ -6,13 +6,16 @@
   append. It is capped (``MAXLEN ~``) so a runaway run cannot fill Redis.
 - Its record is a hash, ``<prefix>:run:<id>``.
 - Cancel requests go through pub/sub on ``<prefix>:cancel``; only the worker executing
-  the run acts on them.
+  the run acts on them. New runs are announced on ``<prefix>:runs``.
+- Each worker refreshes ``<prefix>:worker:<id>`` (a key with a TTL): when it is gone,
+  the worker is, and its unfinished runs are ended as ``worker_lost``.
 - After a run ends its log expires after the retention time and its record a day later,
   so that asking for a dropped log is "gone" (410), not "never existed" (404).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -76,6 +79,35 @@ class RedisBroker:
             pipe.expire(self._log(run_id), max(1, int(log_seconds)))
             pipe.expire(self._record(run_id), max(1, int(record_seconds)))
             await pipe.execute()
+
+    async def append_next(self, run_id: str, entry: Entry) -> bool:
+        seq, kind, data = entry
+        try:
+            await self.client.xadd(self._log(run_id), {"t": kind, "d": data}, id=f"0-{seq}")
+        except redis.ResponseError:  # "equal or smaller than the target stream top item"
+            return False
+        return True
+
+    async def announce(self, run_id: str, thread_id: str, worker: str) -> None:
+        message = json.dumps([run_id, thread_id, worker])
+        await self.client.publish(f"{self.prefix}:runs", message)
+
+    async def announcements(self) -> AsyncIterator[tuple[str, str, str]]:
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(f"{self.prefix}:runs")
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    run_id, thread_id, worker = json.loads(message["data"])
+                    yield run_id, thread_id, worker
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def heartbeat(self, worker: str, ttl: float) -> None:
+        await self.client.set(f"{self.prefix}:worker:{worker}", b"1", px=int(ttl * 1000))
+
+    async def is_alive(self, worker: str) -> bool:
+        return bool(await self.client.exists(f"{self.prefix}:worker:{worker}"))
 
     async def request_cancel(self, run_id: str) -> None:
         await self.client.publish(self._cancel_channel, run_id)
