@@ -416,7 +416,7 @@ class RunManager:
     async def find(self, run_id: str) -> Run | RemoteRun | None:
         """A run of this worker, or, with a shared broker, of any worker."""
         run = self.runs.get(run_id)
-        if run is not None or not self.broker.shared:
+        if run is not None or not self.broker.shared or run_id in self._tombstones:
             return run
         record = await self.broker.get_record(run_id)
         if record is None or record.get("log_exists") == "0" or self.graphs is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,19 +16,24 @@ from agent_server.app import create_app
 from agent_server.frames import parse_frame
 from tests.conftest import test_settings
 from tests.live import live_server
+from tests.services import redis_prefix
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    overrides = {
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The same suite with each broker: one worker alone, and one publishing to Redis."""
+    overrides: dict[str, Any] = {
         "max_concurrent_runs": 2,
         "max_queued_runs": 1,
         "retention_runs": 5,
         "reconnect_grace": 0.3,
         "sse_retry_ms": 1500,
     }
-    with live_server(create_app(test_settings(**overrides))) as url:
-        yield url
+    with contextlib.ExitStack() as stack:
+        if request.param == "redis":
+            redis_url, prefix = stack.enter_context(redis_prefix())
+            overrides.update(broker_url=redis_url, broker_prefix=prefix)
+        yield stack.enter_context(live_server(create_app(test_settings(**overrides))))
 
 
 def events(raw: bytes) -> list[dict[str, str]]:

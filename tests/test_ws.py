@@ -16,13 +16,24 @@ from websockets.exceptions import ConnectionClosed
 from agent_server.app import create_app
 from tests.conftest import test_settings
 from tests.live import live_server
+from tests.services import redis_prefix
 
 GRAPHS = {"approval": "tests.hitl_graphs:approval"}
 
 
-@pytest.fixture(scope="module")
-def app_and_url() -> Iterator[tuple[Any, str]]:
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def app_and_url(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
+    """The same suite with each broker."""
+    if request.param == "redis":
+        with redis_prefix() as (redis_url, prefix):
+            yield from _serve(broker_url=redis_url, broker_prefix=prefix)
+    else:
+        yield from _serve()
+
+
+def _serve(**broker: str) -> Iterator[tuple[Any, str]]:
     settings = test_settings(
+        **broker,
         ws_ping_interval=0.2,
         ws_idle_timeout=5,
         ws_rate_limit=200,
