@@ -88,6 +88,7 @@ async def open_state(
                 asyncio.create_task(runs.listen_for_cancels(), name="agent-server-cancels"),
                 asyncio.create_task(runs.listen_for_announcements(), name="agent-server-runs"),
                 asyncio.create_task(runs.keep_alive(), name="agent-server-heartbeat"),
+                asyncio.create_task(runs.pull_jobs(), name="agent-server-queue"),
             ]
             if broker.shared
             else []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from typing import Any
+from typing import Any, overload
 
 import orjson
 from pydantic import ValidationError
@@ -75,11 +75,34 @@ def query_run_request(request: Request, state: AppState) -> RunRequest:
     return RunRequest.model_validate(data)
 
 
-async def start_run(state: AppState, body: RunRequest, request: Request) -> Run:
-    entry = state.graphs.get(body.graph)
+@overload
+async def start_run(state: AppState, body: RunRequest, request: Request) -> Run: ...
+
+
+@overload
+async def start_run(
+    state: AppState, body: RunRequest, request: Request, *, queue: bool
+) -> Run | RemoteRun: ...
+
+
+async def start_run(
+    state: AppState, body: RunRequest, request: Request, *, queue: bool = False
+) -> Run | RemoteRun:
+    """Start a run here, or with ``queue`` and a shared broker, on whichever worker
+    takes it from the queue first (background runs)."""
     if body.thread_id is not None:
-        await state.runs.load_thread_owner(body.thread_id, entry)
-    run = Run(
+        await state.runs.load_thread_owner(body.thread_id, state.graphs.get(body.graph))
+    run = new_run(state, body, request)
+    if queue and state.runs.broker.shared:
+        return await state.runs.enqueue(run, body.multitask_strategy)
+    state.runs.submit(run, body.multitask_strategy)
+    await state.runs.accepted(run)
+    return run
+
+
+def new_run(state: AppState, body: RunRequest, request: Request) -> Run:
+    entry = state.graphs.get(body.graph)
+    return Run(
         owner=user_id(request.scope),
         on_disconnect=body.on_disconnect or "continue",
         graph=entry,
@@ -88,7 +111,6 @@ async def start_run(state: AppState, body: RunRequest, request: Request) -> Run:
         config=body.runnable_config(),  # type: ignore[arg-type]
         timeout=body.timeout,
     )
-    return state.runs.submit(run, body.multitask_strategy)
 
 
 async def find_run(state: AppState, run_id: str, request: Request) -> Run | RemoteRun:
@@ -147,7 +169,6 @@ async def post_runs_stream(request: Request) -> Response:
     state = app_state(request)
     body = await parse_run_request(request, state)
     run = await start_run(state, body, request)
-    await state.runs.accepted(run)
     return stream_response(state, run, on_disconnect=body.on_disconnect or "cancel")
 
 
@@ -175,7 +196,6 @@ async def get_runs_stream(request: Request) -> Response:
         )
     body = query_run_request(request, state)
     run = await start_run(state, body, request)
-    await state.runs.accepted(run)
     run.on_disconnect = body.on_disconnect or "cancel"
     return stream_response(
         state,
@@ -188,8 +208,7 @@ async def get_runs_stream(request: Request) -> Response:
 
 async def post_runs(request: Request) -> Response:
     state = app_state(request)
-    run = await start_run(state, await parse_run_request(request, state), request)
-    await state.runs.accepted(run)
+    run = await start_run(state, await parse_run_request(request, state), request, queue=True)
     location = str(request.url_for("get_run", run_id=run.run_id))
     return JSONResponse(run.describe(), status_code=202, headers={"Location": location})
 

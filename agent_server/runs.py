@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+import orjson
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphRecursionError
@@ -57,6 +58,7 @@ from agent_server.frames import (
     Error,
     Interrupt,
     RunStart,
+    dumps,
     encode,
     now_ms,
 )
@@ -419,7 +421,7 @@ class RunManager:
         if run is not None or not self.broker.shared or run_id in self._tombstones:
             return run
         record = await self.broker.get_record(run_id)
-        if record is None or record.get("log_exists") == "0" or self.graphs is None:
+        if record is None or _log_dropped(record) or self.graphs is None:
             return None
         if record.get("graph") not in self.graphs:
             return None
@@ -433,7 +435,7 @@ class RunManager:
         if not self.broker.shared:
             return False
         record = await self.broker.get_record(run_id)
-        return record is not None and record.get("log_exists") == "0"
+        return record is not None and _log_dropped(record)
 
     async def accepted(self, run: Run) -> None:
         """Until every worker can find the run (its record is in the shared broker)."""
@@ -496,7 +498,13 @@ class RunManager:
 
     # -- starting --------------------------------------------------------------------
 
-    def submit(self, run: Run, strategy: MultitaskStrategy = "reject") -> Run:
+    def submit(
+        self,
+        run: Run,
+        strategy: MultitaskStrategy = "reject",
+        *,
+        queue_position: int | None = None,
+    ) -> Run:
         """Accept a run (or raise :class:`RunRejected`) and schedule it."""
         if not self.accepting:
             raise RunRejected(503, "shutting_down", "the server is shutting down", retry_after=5)
@@ -524,7 +532,9 @@ class RunManager:
         self.runs[run.run_id] = run
         self._threads.setdefault(run.thread_id, []).append(run.run_id)
         self._remember_owner(run.thread_id, run.owner)
-        run.start_frame(queue_position=ahead + 1 if must_wait else 0)
+        if queue_position is None:
+            queue_position = ahead + 1 if must_wait else 0
+        run.start_frame(queue_position=queue_position)
         self._unfinished += 1
         run.task = asyncio.create_task(self._drive(run, before), name=f"run-{run.run_id}")
         self._tasks.add(run.task)
@@ -582,6 +592,78 @@ class RunManager:
             logger.exception("could not publish run %s to the broker", run.run_id)
         finally:
             run.announced.set()  # never leave a route waiting
+
+    async def enqueue(self, run: Run, strategy: MultitaskStrategy) -> RemoteRun:
+        """A background run for any worker: its record now (so every worker can find
+        it), its job on the shared queue; the first worker with a free slot runs it."""
+        if not self.accepting:
+            raise RunRejected(503, "shutting_down", "the server is shutting down", retry_after=5)
+        self.check_thread(run.thread_id, run.owner)
+        busy = [r for r in self.thread_runs(run.thread_id) if not r.finished]
+        if busy and strategy == "reject":  # as far as this worker knows; others check again
+            raise RunRejected(
+                409,
+                "thread_busy",
+                f"thread {run.thread_id!r} has an active run ({busy[-1].run_id}); "
+                "use multitask_strategy 'enqueue' or 'interrupt'",
+            )
+        waiting = await self.broker.queue_length()
+        if waiting >= self.limits.max_queued:
+            raise RunRejected(
+                429, "queue_full", f"{waiting} runs are already waiting", retry_after=1
+            )
+        record = {**run.record(), "worker": ""}
+        await self.broker.put_record(run.run_id, record)
+        job = {
+            "run_id": run.run_id,
+            "graph": run.graph.name,
+            "input": run.input,
+            "thread_id": run.thread_id,
+            "config": run.config,
+            "timeout": run.timeout,
+            "owner": run.owner,
+            "strategy": strategy,
+            "created_at": run.created_at,
+            "queue_position": waiting + 1,
+        }
+        await self.broker.push_job(dumps(job))
+        return RemoteRun(self.broker, run.run_id, record, run.graph, self._tasks)
+
+    async def pull_jobs(self) -> None:
+        """Take queued background runs while this worker has a free slot (lifespan task)."""
+        while True:
+            while self._unfinished >= self.limits.max_concurrent or not self.accepting:
+                await asyncio.sleep(0.05)
+            raw = await self.broker.pop_job(1.0)
+            if raw is None:
+                continue
+            try:
+                self._start_job(orjson.loads(raw))
+            except Exception:
+                logger.exception("could not start a queued run")
+
+    def _start_job(self, job: dict[str, Any]) -> None:
+        assert self.graphs is not None
+        run = Run(
+            graph=self.graphs.get(job["graph"]),
+            input=job["input"],
+            thread_id=job["thread_id"],
+            config=job["config"],
+            run_id=job["run_id"],
+            timeout=job["timeout"],
+            owner=job["owner"],
+            created_at=job["created_at"],
+        )
+        try:
+            self.submit(run, job["strategy"], queue_position=job.get("queue_position"))
+        except (RunRejected, Forbidden) as exc:
+            # Refused here (busy thread, another owner): the run ends at once, visibly.
+            code = exc.code if isinstance(exc, RunRejected) else "forbidden"
+            run.start_frame(0)
+            run._end(RunStatus.ERROR, run.make(Error, code=code, message=exc.message))
+            task = asyncio.create_task(self._publish(run), name=f"publish-{run.run_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def keep_alive(self, interval: float = 2.0) -> None:
         """This worker's heartbeat in the broker (lifespan task); its runs are declared
@@ -654,6 +736,11 @@ class RunManager:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _log_dropped(record: dict[str, str]) -> bool:
+    """A finished run whose log expired (a queued run has no log yet: not dropped)."""
+    return record.get("log_exists") == "0" and record.get("status") in FINISHED
 
 
 class RemoteRun:

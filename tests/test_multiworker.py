@@ -29,10 +29,11 @@ def free_port() -> int:
 
 
 def start_workers(
-    database: str, redis_url: str, prefix: str, count: int = 2
+    database: str, redis_url: str, prefix: str, count: int = 2, **extra: str
 ) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     env = {
         **os.environ,
+        **extra,
         "PYTHONPATH": str(ROOT),
         "AGENT_SERVER_DATABASE_URL": database,
         "AGENT_SERVER_BROKER_URL": redis_url,
@@ -256,9 +257,11 @@ def test_a_killed_worker_leaves_its_runs_worker_lost() -> None:
     with postgres_schema() as database, redis_prefix() as (redis_url, prefix):
         processes, (a, b) = start_workers(database, redis_url, prefix)
         try:
-            run_id = httpx.post(f"{a}/runs", json={"graph": "ticker", "message": "x"}).json()[
-                "run_id"
-            ]
+            # executed on A: a streamed run runs where it was asked (background runs go
+            # to whichever worker takes them from the queue)
+            body = {"graph": "ticker", "message": "x", "on_disconnect": "continue"}
+            with httpx.stream("POST", f"{a}/runs/stream", json=body) as started:
+                run_id = started.headers["x-run-id"]
             with (
                 httpx.Client(timeout=60) as client,
                 client.stream("GET", f"{b}/runs/{run_id}/stream") as response,
@@ -280,3 +283,31 @@ def test_a_killed_worker_leaves_its_runs_worker_lost() -> None:
     assert raw.endswith(b"data: [DONE]\n\n")
     assert record["status"] == "error"
     assert noticed < 15  # heartbeat TTL (6 s) plus a read interval
+
+
+def test_background_runs_are_taken_by_any_worker() -> None:
+    import redis
+
+    with postgres_schema() as database, redis_prefix() as (redis_url, prefix):
+        processes, (a, b) = start_workers(
+            database, redis_url, prefix, AGENT_SERVER_MAX_CONCURRENT_RUNS="1"
+        )
+        try:
+            ids = [
+                httpx.post(
+                    f"{a}/runs", json={"graph": "ticker", "message": "x", "timeout": 0.5}
+                ).json()["run_id"]
+                for _ in range(4)
+            ]
+            client = redis.Redis.from_url(redis_url)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                records = [client.hgetall(f"{prefix}:run:{run_id}") for run_id in ids]
+                if all(r.get(b"status") == b"timeout" for r in records):
+                    break
+                time.sleep(0.1)
+            client.close()
+        finally:
+            stop(processes)
+    assert all(r[b"status"] == b"timeout" for r in records)
+    assert len({r[b"worker"] for r in records}) == 2  # one slot each: both had to work

@@ -21,6 +21,7 @@ class MemoryBroker:
         self._cancels: asyncio.Queue[str] = asyncio.Queue()
         self._announcements: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
         self._alive_until: dict[str, float] = {}
+        self._jobs: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
         async with self._changed:
@@ -72,6 +73,19 @@ class MemoryBroker:
 
     async def is_alive(self, worker: str) -> bool:
         return self._alive_until.get(worker, 0.0) > time.monotonic()
+
+    async def push_job(self, job: bytes) -> None:
+        await self._jobs.put(job)
+
+    async def pop_job(self, timeout: float) -> bytes | None:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._jobs.get()
+        except TimeoutError:
+            return None
+
+    async def queue_length(self) -> int:
+        return self._jobs.qsize()
 
     async def request_cancel(self, run_id: str) -> None:
         await self._cancels.put(run_id)

@@ -7,6 +7,8 @@
 - Its record is a hash, ``<prefix>:run:<id>``.
 - Cancel requests go through pub/sub on ``<prefix>:cancel``; only the worker executing
   the run acts on them. New runs are announced on ``<prefix>:runs``.
+- Background runs wait in the list ``<prefix>:queue`` (``LPUSH``/``BRPOP``) until a
+  worker with a free slot takes them.
 - Each worker refreshes ``<prefix>:worker:<id>`` (a key with a TTL): when it is gone,
   the worker is, and its unfinished runs are ended as ``worker_lost``.
 - After a run ends its log expires after the retention time and its record a day later,
@@ -108,6 +110,16 @@ class RedisBroker:
 
     async def is_alive(self, worker: str) -> bool:
         return bool(await self.client.exists(f"{self.prefix}:worker:{worker}"))
+
+    async def push_job(self, job: bytes) -> None:
+        await self.client.lpush(f"{self.prefix}:queue", job)
+
+    async def pop_job(self, timeout: float) -> bytes | None:
+        popped: Any = await self.client.brpop([f"{self.prefix}:queue"], timeout=max(timeout, 0.01))
+        return popped[1] if popped else None
+
+    async def queue_length(self) -> int:
+        return int(await self.client.llen(f"{self.prefix}:queue"))
 
     async def request_cancel(self, run_id: str) -> None:
         await self.client.publish(self._cancel_channel, run_id)
