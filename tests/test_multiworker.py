@@ -289,7 +289,7 @@ def test_background_runs_are_taken_by_any_worker() -> None:
     import redis
 
     with postgres_schema() as database, redis_prefix() as (redis_url, prefix):
-        processes, (a, b) = start_workers(
+        processes, (a, _) = start_workers(
             database, redis_url, prefix, AGENT_SERVER_MAX_CONCURRENT_RUNS="1"
         )
         try:
