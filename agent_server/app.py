@@ -78,7 +78,7 @@ async def open_state(
             send_timeout=settings.send_timeout,
             retry_ms=settings.sse_retry_ms,
         )
-        connections = ConnectionManager()
+        connections = ConnectionManager(broker, runs.worker)
         sessions: dict[str, Any] = {}
         runs.on_submit.append(fan_out(connections, sessions))
         runs.on_remote_submit.append(fan_out_remote(runs, connections, sessions))
@@ -89,6 +89,7 @@ async def open_state(
                 asyncio.create_task(runs.listen_for_announcements(), name="agent-server-runs"),
                 asyncio.create_task(runs.keep_alive(), name="agent-server-heartbeat"),
                 asyncio.create_task(runs.pull_jobs(), name="agent-server-queue"),
+                asyncio.create_task(connections.relay_presence(), name="agent-server-presence"),
             ]
             if broker.shared
             else []

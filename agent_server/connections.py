@@ -15,7 +15,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from agent_server.auth import User
+from agent_server.brokers import Broker
 from agent_server.frames import dumps
 
 SendText = Callable[[str], Awaitable[None]]
@@ -66,7 +69,12 @@ class Connection:
 
 
 class ConnectionManager:
-    def __init__(self) -> None:
+    """With a shared broker, room membership and presence span workers: members are kept
+    in the broker and presence is published there, and each worker tells its own."""
+
+    def __init__(self, broker: Broker | None = None, worker: str = "") -> None:
+        self.broker = broker if broker is not None and broker.shared else None
+        self.worker = worker
         self.clients: dict[str, Connection] = {}
         self.rooms: dict[str, set[str]] = {}  # thread id -> client ids (members)
         self.watchers: dict[str, set[str]] = {}  # thread id -> client ids (rooms + subscribers)
@@ -108,6 +116,11 @@ class ConnectionManager:
         self.rooms.setdefault(thread_id, set()).add(connection.client_id)
         connection.rooms.add(thread_id)
         self.watch(connection, thread_id)
+        if self.broker is not None:
+            info = {"client_id": connection.client_id, "user": connection.user_id}
+            await self.broker.room_join(
+                thread_id, connection.client_id, dumps({**info, "worker": self.worker}).decode()
+            )
         await self.presence(thread_id, connection, "join")
 
     async def leave(self, connection: Connection, thread_id: str) -> None:
@@ -120,21 +133,48 @@ class ConnectionManager:
             connection.rooms.discard(thread_id)
             if thread_id not in connection.threads:
                 self._unwatch(connection.client_id, thread_id)
+            if self.broker is not None:
+                await self.broker.room_leave(thread_id, connection.client_id)
             await self.presence(thread_id, connection, "leave")
 
     async def presence(self, thread_id: str, connection: Connection, event: str) -> None:
-        members = self.members(thread_id)
-        message = {
+        message: dict[str, Any] = {
             "type": "presence",
             "thread_id": thread_id,
             "event": event,
             "client_id": connection.client_id,
             "user": connection.user_id,
-            "members": [
-                {"client_id": member.client_id, "user": member.user_id} for member in members
-            ],
         }
+        if self.broker is not None:
+            await self.broker.publish_presence(dumps(message))  # see relay_presence
+            return
+        members = self.members(thread_id)
+        message["members"] = [
+            {"client_id": member.client_id, "user": member.user_id} for member in members
+        ]
         await self.broadcast(message, members)
+
+    async def relay_presence(self) -> None:
+        """Presence from every worker to this worker's members (lifespan task)."""
+        assert self.broker is not None
+        async for raw in self.broker.presence():
+            message = orjson.loads(raw)
+            thread_id = message["thread_id"]
+            local = self.members(thread_id)
+            if not local:
+                continue
+            members = []
+            alive: dict[str, bool] = {}
+            for member, info in (await self.broker.room_members(thread_id)).items():
+                entry = orjson.loads(info)
+                worker = entry.pop("worker", "")
+                if worker not in alive:
+                    alive[worker] = worker == self.worker or await self.broker.is_alive(worker)
+                if alive[worker]:
+                    members.append(entry)
+                else:  # its worker died without saying goodbye
+                    await self.broker.room_leave(thread_id, member)
+            await self.broadcast({**message, "members": members}, local)
 
     # -- thread watchers (rooms and plain subscriptions) -----------------------------------
 

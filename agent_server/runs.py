@@ -14,8 +14,8 @@ Decisions (read before changing):
   behind (it can resume from the log), and the run never waits for anyone.
 - :meth:`Run.follow` hands out *batches* (at most ``max_batch`` frames): everything
   appended since the subscriber last looked, so a burst leaves in one write.
-- Wake-ups use one ``asyncio.Event`` per run that is replaced on every append: waking N
-  subscribers costs one ``set()``.
+- Wake-ups use one ``asyncio.Event`` per run, set and cleared on every append: waking N
+  subscribers costs one ``set()``, and nothing is allocated per frame.
 - ``run_start`` is appended when the run is accepted, before it waits for a slot, and
   carries its ``queue_position``; every run's log therefore starts the same way and ends
   with exactly one terminal frame (``done`` or ``error``), whatever happened.
@@ -62,7 +62,7 @@ from agent_server.frames import (
     encode,
     now_ms,
 )
-from agent_server.graphs import GraphEntry, GraphRegistry
+from agent_server.graphs import AnyGraph, GraphEntry, GraphRegistry
 from agent_server.translate import STREAM_MODE, EventTranslator, FrameFactory
 
 logger = logging.getLogger("agent_server.runs")
@@ -204,8 +204,9 @@ class Run:
         if self.first_token_at is None and frame.type == "token":
             self.first_token_at = time.time()
         self.log.append(LogEntry(frame, encode(frame)))
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        # Wakes every waiting follower; later waiters wait for the next append.
+        self._changed.set()
+        self._changed.clear()
 
     async def follow(
         self,
@@ -280,7 +281,22 @@ class Run:
         self.status = RunStatus.RUNNING
         self.started_at = time.time()
         started = time.perf_counter()
-        current_run.set(self)
+        context = current_run.set(self)
+        try:
+            await self._stream(graph, config, translator, started)
+        finally:
+            # The task's context would otherwise keep the run alive in a cycle
+            # (run -> task -> context -> run) that only a full collection frees.
+            current_run.reset(context)
+
+    async def _stream(
+        self,
+        graph: AnyGraph,
+        config: RunnableConfig,
+        translator: EventTranslator,
+        started: float,
+    ) -> None:
+        make = self.make
         try:
             async with asyncio.timeout(self.timeout) as deadline:
                 async for event in graph.astream_events(
@@ -562,6 +578,7 @@ class RunManager:
 
     def _finished_run(self, run: Run) -> None:
         run.end_cancelled()  # a no-op unless it was cancelled before or while waiting
+        run.task = None  # no run -> task -> run cycle for the collector to find later
         self._unfinished -= 1
         self._finished.append((time.monotonic(), run.run_id))
         for callback in self.on_finish:

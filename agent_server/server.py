@@ -26,8 +26,10 @@ a second this server aborts closing connections whose unsent bytes have not move
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import struct
 import time
 from typing import Any
 
@@ -79,7 +81,7 @@ class Server(uvicorn.Server):
         while (unsent := self._unsent()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for _, transport, _ in unsent:
-            transport.abort()
+            _reset(transport)
         if unsent:
             logger.info("aborted %d connections whose clients stopped reading", len(unsent))
 
@@ -97,7 +99,17 @@ class Server(uvicorn.Server):
                 closing[connection] = (size, now)
             elif now - before[1] >= state.settings.send_timeout:
                 logger.info("aborted a connection whose client stopped reading")
-                transport.abort()
+                _reset(transport)
             else:
                 closing[connection] = before
         self._closing = closing
+
+
+def _reset(transport: asyncio.WriteTransport) -> None:
+    """Abort with a reset (SO_LINGER 0): a plain close would leave the kernel holding the
+    unsent bytes in FIN-WAIT-1 for a client that never reads them."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

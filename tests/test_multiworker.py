@@ -229,7 +229,14 @@ def test_a_room_spans_workers(workers: tuple[str, str]) -> None:
         ):
             for ws in (on_a, on_b):
                 await ws.send(json.dumps({"type": "join", "thread_id": "span"}))
-            await asyncio.sleep(0.3)
+                await asyncio.sleep(0.2)
+            # presence spans workers: the member on A hears B arrive, with both listed
+            presence = []
+            while len(presence) < 2:
+                data = json.loads(await asyncio.wait_for(on_a.recv(), 10))
+                if data.get("type") == "presence":
+                    presence.append(data)
+            assert presence[-1]["event"] == "join" and len(presence[-1]["members"]) == 2
             await on_a.send(
                 json.dumps({"type": "run", "graph": "agent", "message": "2+2", "thread_id": "span"})
             )

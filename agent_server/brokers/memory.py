@@ -22,6 +22,8 @@ class MemoryBroker:
         self._announcements: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
         self._alive_until: dict[str, float] = {}
         self._jobs: asyncio.Queue[bytes] = asyncio.Queue()
+        self._rooms: dict[str, dict[str, str]] = {}
+        self._presence: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
         async with self._changed:
@@ -86,6 +88,25 @@ class MemoryBroker:
 
     async def queue_length(self) -> int:
         return self._jobs.qsize()
+
+    async def room_join(self, thread_id: str, member: str, info: str) -> None:
+        self._rooms.setdefault(thread_id, {})[member] = info
+
+    async def room_leave(self, thread_id: str, member: str) -> None:
+        members = self._rooms.get(thread_id, {})
+        members.pop(member, None)
+        if not members:
+            self._rooms.pop(thread_id, None)
+
+    async def room_members(self, thread_id: str) -> dict[str, str]:
+        return dict(self._rooms.get(thread_id, {}))
+
+    async def publish_presence(self, message: bytes) -> None:
+        await self._presence.put(message)
+
+    async def presence(self) -> AsyncIterator[bytes]:
+        while True:
+            yield await self._presence.get()
 
     async def request_cancel(self, run_id: str) -> None:
         await self._cancels.put(run_id)

@@ -9,6 +9,8 @@
   the run acts on them. New runs are announced on ``<prefix>:runs``.
 - Background runs wait in the list ``<prefix>:queue`` (``LPUSH``/``BRPOP``) until a
   worker with a free slot takes them.
+- Room members are a hash per thread, ``<prefix>:room:<thread>``; presence messages go
+  through pub/sub on ``<prefix>:presence``, so every worker tells its own members.
 - Each worker refreshes ``<prefix>:worker:<id>`` (a key with a TTL): when it is gone,
   the worker is, and its unfinished runs are ended as ``worker_lost``.
 - After a run ends its log expires after the retention time and its record a day later,
@@ -120,6 +122,29 @@ class RedisBroker:
 
     async def queue_length(self) -> int:
         return int(await self.client.llen(f"{self.prefix}:queue"))
+
+    async def room_join(self, thread_id: str, member: str, info: str) -> None:
+        await self.client.hset(f"{self.prefix}:room:{thread_id}", member, info)
+
+    async def room_leave(self, thread_id: str, member: str) -> None:
+        await self.client.hdel(f"{self.prefix}:room:{thread_id}", member)
+
+    async def room_members(self, thread_id: str) -> dict[str, str]:
+        raw: Any = await self.client.hgetall(f"{self.prefix}:room:{thread_id}")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def publish_presence(self, message: bytes) -> None:
+        await self.client.publish(f"{self.prefix}:presence", message)
+
+    async def presence(self) -> AsyncIterator[bytes]:
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(f"{self.prefix}:presence")
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield bytes(message["data"])
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def request_cancel(self, run_id: str) -> None:
         await self.client.publish(self._cancel_channel, run_id)
