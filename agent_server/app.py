@@ -20,7 +20,7 @@ from starlette.routing import WebSocketRoute
 from agent_server.auth import AuthMiddleware, load_verifier
 from agent_server.brokers import open_broker
 from agent_server.chat_model import load_chat_model
-from agent_server.checkpoints import open_checkpointer
+from agent_server.checkpoints import open_storage
 from agent_server.connections import ConnectionManager
 from agent_server.graphs import UnknownGraphError, load_graphs
 from agent_server.metrics import Metrics
@@ -42,7 +42,7 @@ async def open_state(
 ) -> AsyncIterator[AppState]:
     """Everything a server (or an in-process run) needs, closed again on exit."""
     async with AsyncExitStack() as stack:
-        checkpointer = await open_checkpointer(settings, stack)
+        checkpointer, records = await open_storage(settings, stack)
         if tools is None:
             tools = ToolRegistry.from_sources(
                 settings.tools_dir, entry_point_group=settings.tools_entry_point_group
@@ -68,6 +68,7 @@ async def open_state(
                 retention_runs=settings.retention_runs,
             ),
             broker,
+            records,
         )
         runs.graphs = graphs
         streams = Streams(

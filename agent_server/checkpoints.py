@@ -21,6 +21,8 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
+from agent_server.records import SCHEMA as RECORDS_SCHEMA
+from agent_server.records import NoRecords, PostgresRecords, RunRecords
 from agent_server.settings import Settings
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -28,21 +30,30 @@ SETUP_LOCK = 0x6167656E74  # any fixed key: "agent"
 TRY_LOCK = "SELECT pg_try_advisory_lock(%s) AS locked"
 
 
-async def open_checkpointer(settings: Settings, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
-    """The configured saver; ``stack`` closes it (and its connections) on exit."""
+async def open_storage(
+    settings: Settings, stack: AsyncExitStack
+) -> tuple[BaseCheckpointSaver[Any], RunRecords]:
+    """The configured saver and run records; ``stack`` closes them on exit."""
     url = settings.database_url
     if settings.checkpoint_in_memory:
-        return InMemorySaver()
+        return InMemorySaver(), NoRecords()
     if url.startswith(POSTGRES_SCHEMES):
         return await _postgres(url, settings.database_pool_size, stack)
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     path = Path(url.removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    return await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(path)))
+    saver = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(path)))
+    return saver, NoRecords()
 
 
-async def _postgres(url: str, pool_size: int, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
+async def open_checkpointer(settings: Settings, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
+    return (await open_storage(settings, stack))[0]
+
+
+async def _postgres(
+    url: str, pool_size: int, stack: AsyncExitStack
+) -> tuple[BaseCheckpointSaver[Any], RunRecords]:
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
@@ -70,6 +81,8 @@ async def _postgres(url: str, pool_size: int, stack: AsyncExitStack) -> BaseChec
             await asyncio.sleep(0.1)
         try:
             await saver.setup()
+            for statement in RECORDS_SCHEMA:
+                await lock.execute(statement)
         finally:
             await lock.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
-    return saver
+    return saver, PostgresRecords(pool)

@@ -270,12 +270,13 @@ async def get_thread_runs(request: Request) -> Response:
     state = app_state(request)
     thread_id = request.path_params["thread_id"]
     user = user_id(request.scope)
-    latest = state.runs.latest_on_thread(thread_id)
-    if latest is None and user is not None:
+    runs = await state.runs.all_thread_runs(thread_id)
+    if runs:
+        await state.runs.load_thread_owner(thread_id, state.graphs.graphs.get(runs[-1]["graph"]))
+    elif user is not None:
         raise RequestError(404, "thread_not_found", f"no known runs on thread {thread_id!r}")
     state.runs.check_thread(thread_id, user)
-    runs = state.runs.thread_runs(thread_id)
-    return JSONResponse({"runs": [run.describe() for run in runs]})
+    return JSONResponse({"runs": runs})
 
 
 async def get_thread_state(request: Request) -> Response:

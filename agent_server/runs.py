@@ -51,6 +51,7 @@ from langgraph.errors import GraphRecursionError
 
 from agent_server.brokers import Broker
 from agent_server.brokers.memory import MemoryBroker
+from agent_server.records import NoRecords, RunRecords
 from agent_server.frames import (
     TERMINAL_TYPES,
     BaseFrame,
@@ -395,9 +396,15 @@ class RunManager:
     TOMBSTONES = 100_000
     OWNER_CACHE = 100_000
 
-    def __init__(self, limits: RunLimits | None = None, broker: Broker | None = None) -> None:
+    def __init__(
+        self,
+        limits: RunLimits | None = None,
+        broker: Broker | None = None,
+        records: RunRecords | None = None,
+    ) -> None:
         self.limits = limits or RunLimits()
         self.broker: Broker = broker or MemoryBroker()
+        self.records: RunRecords = records or NoRecords()
         self.runs: dict[str, Run] = {}
         self.accepting = True
         self.on_finish: list[Callable[[Run], None]] = []  # e.g. metrics
@@ -564,7 +571,33 @@ class RunManager:
             publisher.add_done_callback(self._tasks.discard)
         for callback in self.on_submit:
             callback(run)
+        self._save(run)
         return run
+
+    def _save(self, run: Run) -> None:
+        """Write the run's record to the database (when it keeps them), off the hot path."""
+        if not self.records.durable:
+            return
+        record = {**run.describe(), "owner": run.owner, "worker": self.worker}
+        task = asyncio.create_task(self._write(record), name=f"record-{run.run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, record: dict[str, Any]) -> None:
+        try:
+            await self.records.save(record)
+        except Exception:
+            logger.exception("could not save the record of run %s", record["run_id"])
+
+    async def all_thread_runs(self, thread_id: str) -> list[dict[str, Any]]:
+        """A thread's runs from every worker and from before a restart (newest status
+        from memory where this worker has the run)."""
+        found = {r["run_id"]: r for r in await self.records.thread_runs(thread_id)}
+        for record in found.values():
+            record.pop("owner", None)
+        for run in self.thread_runs(thread_id):
+            found[run.run_id] = run.describe()
+        return sorted(found.values(), key=lambda r: r.get("created_at") or 0)
 
     async def _drive(self, run: Run, before: list[Run]) -> None:
         for earlier in before:  # one run at a time per thread, in order
@@ -579,6 +612,7 @@ class RunManager:
     def _finished_run(self, run: Run) -> None:
         run.end_cancelled()  # a no-op unless it was cancelled before or while waiting
         run.task = None  # no run -> task -> run cycle for the collector to find later
+        self._save(run)
         self._unfinished -= 1
         self._finished.append((time.monotonic(), run.run_id))
         for callback in self.on_finish:
@@ -655,11 +689,15 @@ class RunManager:
             if raw is None:
                 continue
             try:
-                self._start_job(orjson.loads(raw))
+                job = orjson.loads(raw)
+                record = await self.broker.get_record(job["run_id"]) or {}
+                if record.get("status") in FINISHED:
+                    continue  # cancelled while it waited: its log is complete already
+                self._start_job(job, cancelled=record.get("cancel_requested") == "1")
             except Exception:
                 logger.exception("could not start a queued run")
 
-    def _start_job(self, job: dict[str, Any]) -> None:
+    def _start_job(self, job: dict[str, Any], *, cancelled: bool = False) -> None:
         assert self.graphs is not None
         run = Run(
             graph=self.graphs.get(job["graph"]),
@@ -672,12 +710,15 @@ class RunManager:
             created_at=job["created_at"],
         )
         try:
+            if cancelled:
+                raise RunRejected(499, "cancelled", "cancelled by request before it started")
             self.submit(run, job["strategy"], queue_position=job.get("queue_position"))
         except (RunRejected, Forbidden) as exc:
-            # Refused here (busy thread, another owner): the run ends at once, visibly.
+            # Refused here (busy thread, another owner, cancelled): it ends at once, visibly.
             code = exc.code if isinstance(exc, RunRejected) else "forbidden"
+            status = RunStatus.CANCELLED if code == "cancelled" else RunStatus.ERROR
             run.start_frame(0)
-            run._end(RunStatus.ERROR, run.make(Error, code=code, message=exc.message))
+            run._end(status, run.make(Error, code=code, message=exc.message))
             task = asyncio.create_task(self._publish(run), name=f"publish-{run.run_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -870,9 +911,41 @@ class RemoteRun:
     def cancel(self, code: str = "cancelled", message: str = "run cancelled") -> bool:
         if self.finished:
             return False
-        task = asyncio.get_running_loop().create_task(self.broker.request_cancel(self.run_id))
+        task = asyncio.get_running_loop().create_task(self._request_cancel())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return True
+
+    async def _request_cancel(self) -> None:
+        # Recorded first, so the worker that takes a still-queued run drops it; a running
+        # run is cancelled by its worker, through the broker's message.
+        await self.broker.put_record(self.run_id, {"cancel_requested": "1"})
+        if not self.record.get("worker") and await self._end_queued():
+            return
+        await self.broker.request_cancel(self.run_id)
+
+    async def _end_queued(self) -> bool:
+        """End a run no worker has taken yet: its whole log, written here."""
+        frames = [
+            RunStart(
+                run_id=self.run_id, seq=1, ts=now_ms(), graph=self.graph.name,
+                thread_id=self.thread_id,
+            ),
+            Error(
+                run_id=self.run_id, seq=2, ts=now_ms(), code="cancelled",
+                message="cancelled by request before it started",
+            ),
+        ]  # fmt: skip
+        for frame in frames:
+            if not await self.broker.append_next(
+                self.run_id, (frame.seq, frame.type, encode(frame))
+            ):
+                return False  # a worker took it meanwhile: it will see cancel_requested
+        await self.broker.put_record(
+            self.run_id,
+            {"status": RunStatus.CANCELLED.value, "last_seq": "2", "ended_at": repr(time.time())},
+        )
+        await self.refresh_record()
         return True
 
     async def wait(self) -> None:

@@ -318,3 +318,20 @@ def test_background_runs_are_taken_by_any_worker() -> None:
             stop(processes)
     assert all(r[b"status"] == b"timeout" for r in records)
     assert len({r[b"worker"] for r in records}) == 2  # one slot each: both had to work
+
+
+def test_a_threads_runs_are_listed_by_every_worker(workers: tuple[str, str]) -> None:
+    a, b = workers
+    with httpx.Client(timeout=30) as client:
+        first = client.post(
+            f"{a}/runs/wait", json={"graph": "agent", "message": "1", "thread_id": "listed"}
+        ).json()
+        second = client.post(
+            f"{b}/runs/wait", json={"graph": "agent", "message": "2", "thread_id": "listed"}
+        ).json()
+        time.sleep(0.3)  # records are written just after the run ends
+        on_a = client.get(f"{a}/threads/listed/runs").json()["runs"]
+        on_b = client.get(f"{b}/threads/listed/runs").json()["runs"]
+    expected = [first["run_id"], second["run_id"]]
+    assert [r["run_id"] for r in on_a] == [r["run_id"] for r in on_b] == expected
+    assert all(r["status"] == "success" for r in on_a + on_b)

@@ -26,7 +26,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[str]:
         "max_concurrent_runs": 2,
         "max_queued_runs": 1,
         "retention_runs": 5,
-        "reconnect_grace": 0.3,
+        "reconnect_grace": 1.0,
         "sse_retry_ms": 1500,
     }
     with contextlib.ExitStack() as stack:
@@ -171,7 +171,7 @@ def test_event_source_disconnect_waits_for_the_reconnect(server: str) -> None:
             first = next(response.iter_raw())
         last_id = [e["id"] for e in events(first.rsplit(b"\n\n", 1)[0] + b"\n\n") if "id" in e][-1]
         run_id = last_id.split(":")[0]
-        # back within reconnect_grace (0.3 s): the run goes on
+        # back within reconnect_grace (1 s): the run goes on
         with client.stream(
             "GET",
             f"{server}/runs/stream",
@@ -181,7 +181,7 @@ def test_event_source_disconnect_waits_for_the_reconnect(server: str) -> None:
             reader = response.iter_raw()  # keep it referenced: a dropped iterator closes
             chunk = next(reader)
             assert events(chunk)[0]["id"] == f"{run_id}:{int(last_id.split(':')[1]) + 1}"
-            time.sleep(0.5)
+            time.sleep(1.5)  # longer than the grace: still watched, so still running
             assert client.get(f"{server}/runs/{run_id}").json()["status"] == "running"
         # gone for good: cancelled after the grace period
         run = wait_status(client, server, run_id, "cancelled")
@@ -316,3 +316,20 @@ def test_wait_cancels_its_run_when_the_client_leaves(server: str) -> None:
                 break
             time.sleep(0.05)
     assert runs and runs[0]["status"] == "cancelled"
+
+
+def test_cancel_a_run_still_waiting_for_a_slot(server: str) -> None:
+    with httpx.Client(timeout=30) as client:
+        busy = [
+            client.post(f"{server}/runs", json={"graph": "ticker", "message": "x"}).json()
+            for _ in range(2)  # max_concurrent_runs is 2
+        ]
+        queued = client.post(f"{server}/runs", json={"graph": "agent", "message": "x"}).json()
+        started = time.monotonic()
+        cancelled = client.post(f"{server}/runs/{queued['run_id']}/cancel")
+        assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+        assert time.monotonic() - started < 2  # not after the busy runs
+        log = frames_of(client.get(f"{server}/runs/{queued['run_id']}/stream").content)
+        for run in busy:
+            client.post(f"{server}/runs/{run['run_id']}/cancel")
+    assert [f.type for f in log] == ["run_start", "error"] and log[-1].code == "cancelled"
