@@ -51,7 +51,6 @@ from langgraph.errors import GraphRecursionError
 
 from agent_server.brokers import Broker
 from agent_server.brokers.memory import MemoryBroker
-from agent_server.records import NoRecords, RunRecords
 from agent_server.frames import (
     TERMINAL_TYPES,
     BaseFrame,
@@ -64,6 +63,7 @@ from agent_server.frames import (
     now_ms,
 )
 from agent_server.graphs import AnyGraph, GraphEntry, GraphRegistry
+from agent_server.records import NoRecords, RunRecords
 from agent_server.translate import STREAM_MODE, EventTranslator, FrameFactory
 
 logger = logging.getLogger("agent_server.runs")
