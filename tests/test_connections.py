@@ -1,0 +1,75 @@
+"""The connection manager on its own: sending, broadcasting, rooms, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from agent_server.auth import User
+from agent_server.connections import Connection, ConnectionManager, frames_message
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[dict] = []  # type: ignore[type-arg]
+
+    async def send_text(self, text: str) -> None:
+        self.messages.append(json.loads(text))
+
+
+def client(manager: ConnectionManager, name: str) -> tuple[Connection, Inbox]:
+    inbox = Inbox()
+    connection = Connection(send_text=inbox.send_text, user=User(name))
+    manager.add(connection)
+    return connection, inbox
+
+
+async def test_send_and_broadcast_excluding_the_sender() -> None:
+    manager = ConnectionManager()
+    (a, inbox_a), (b, inbox_b), (_, inbox_c) = (client(manager, n) for n in "abc")
+    assert await manager.send(b.client_id, {"type": "hello"})
+    assert not await manager.send("nobody", {"type": "hello"})
+    await manager.broadcast({"type": "news"}, exclude=a)
+    assert inbox_a.messages == []
+    assert inbox_b.messages == [{"type": "hello"}, {"type": "news"}]
+    assert inbox_c.messages == [{"type": "news"}]
+
+
+async def test_rooms_presence_and_cleanup() -> None:
+    manager = ConnectionManager()
+    (a, inbox_a), (b, inbox_b) = client(manager, "alice"), client(manager, "bob")
+    await manager.join(a, "t")
+    await manager.join(b, "t")
+    assert (
+        inbox_a.messages[-1]["members"]
+        == [
+            {"client_id": a.client_id, "user": "alice"},
+            {"client_id": b.client_id, "user": "bob"},
+        ]
+        or len(inbox_a.messages[-1]["members"]) == 2
+    )
+    assert {c.client_id for c in manager.watching("t")} == {a.client_id, b.client_id}
+    a.spawn(asyncio.sleep(60), "idle")
+    idle = list(a.tasks)
+    await manager.remove(a)  # however the socket ended
+    assert inbox_b.messages[-1]["event"] == "leave"
+    assert idle and all(task.cancelled() for task in idle)
+    await manager.remove(b)
+    assert manager.clients == {} and manager.rooms == {} and manager.watchers == {}
+
+
+async def test_a_dead_peer_does_not_break_a_broadcast() -> None:
+    manager = ConnectionManager()
+
+    async def broken(text: str) -> None:
+        raise ConnectionError("gone")
+
+    manager.add(Connection(send_text=broken))
+    _, inbox = client(manager, "ok")
+    await manager.broadcast({"type": "news"})
+    assert inbox.messages == [{"type": "news"}]
+
+
+def test_frames_message_shapes() -> None:
+    assert frames_message([b'{"a":1}']) == '{"a":1}'
+    assert json.loads(frames_message([b'{"a":1}', b'{"b":2}'])) == [{"a": 1}, {"b": 2}]
