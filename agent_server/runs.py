@@ -421,6 +421,7 @@ class RunManager:
         self._finished: deque[tuple[float, str]] = deque()
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.mirrors = Mirrors(self._tasks)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -449,7 +450,7 @@ class RunManager:
         if record.get("graph") not in self.graphs:
             return None
         graph = self.graphs.get(record["graph"])
-        return RemoteRun(self.broker, run_id, record, graph, self._tasks)
+        return RemoteRun(self.broker, run_id, record, graph, self.mirrors)
 
     async def is_gone(self, run_id: str) -> bool:
         """Was this run known, its log since dropped (410 rather than 404)?"""
@@ -627,12 +628,14 @@ class RunManager:
         try:
             await broker.put_record(run.run_id, {**run.record(), "worker": self.worker})
             run.announced.set()
+            await broker.claim_thread(run.thread_id, run.run_id, force=True)
             await broker.announce(run.run_id, run.thread_id, self.worker)
             async for batch in run.follow():
                 await broker.publish(run.run_id, [(e.seq, e.type, e.data) for e in batch])
                 await broker.put_record(run.run_id, run.record())
             await run.wait()
             await broker.put_record(run.run_id, run.record())
+            await broker.release_thread(run.thread_id, run.run_id)
             limits = self.limits
             await broker.expire(
                 run.run_id, limits.retention_seconds, limits.retention_seconds + 86_400
@@ -650,14 +653,19 @@ class RunManager:
         if not self.accepting:
             raise RunRejected(503, "shutting_down", "the server is shutting down", retry_after=5)
         self.check_thread(run.thread_id, run.owner)
-        busy = [r for r in self.thread_runs(run.thread_id) if not r.finished]
-        if busy and strategy == "reject":  # as far as this worker knows; others check again
-            raise RunRejected(
-                409,
-                "thread_busy",
-                f"thread {run.thread_id!r} has an active run ({busy[-1].run_id}); "
-                "use multitask_strategy 'enqueue' or 'interrupt'",
-            )
+        holder = await self.broker.claim_thread(
+            run.thread_id, run.run_id, force=strategy != "reject"
+        )
+        if holder != run.run_id:
+            record = await self.broker.get_record(holder)
+            if record is not None and record.get("status") not in FINISHED:
+                raise RunRejected(
+                    409,
+                    "thread_busy",
+                    f"thread {run.thread_id!r} has an active run ({holder}); "
+                    "use multitask_strategy 'enqueue' or 'interrupt'",
+                )
+            await self.broker.claim_thread(run.thread_id, run.run_id, force=True)  # stale
         waiting = await self.broker.queue_length()
         if waiting >= self.limits.max_queued:
             raise RunRejected(
@@ -678,7 +686,7 @@ class RunManager:
             "queue_position": waiting + 1,
         }
         await self.broker.push_job(dumps(job))
-        return RemoteRun(self.broker, run.run_id, record, run.graph, self._tasks)
+        return RemoteRun(self.broker, run.run_id, record, run.graph, self.mirrors)
 
     async def pull_jobs(self) -> None:
         """Take queued background runs while this worker has a free slot (lifespan task)."""
@@ -817,10 +825,11 @@ class RemoteRun:
         run_id: str,
         record: dict[str, str],
         graph: GraphEntry,
-        tasks: set[asyncio.Task[None]],
+        mirrors: Mirrors,
     ) -> None:
         self.broker = broker
-        self.tasks = tasks  # the manager's: a request outlives this object
+        self.mirrors = mirrors
+        self.tasks = mirrors.tasks  # the manager's: a request outlives this object
         self.run_id = run_id
         self.record = record
         self.graph = graph
@@ -885,28 +894,34 @@ class RemoteRun:
         max_lag: int | None = None,
         max_batch: int = 512,
     ) -> AsyncIterator[list[RemoteEntry]]:
-        position = max(after, 0)
-        quiet_since = time.monotonic()
-        while True:
-            # Short reads, so a lost worker is noticed within seconds.
-            found = await self.broker.read(self.run_id, position, min(heartbeat or 2.0, 2.0))
-            if not found:
-                await self.refresh()
-                if self.finished and self.last_seq > position:
-                    continue  # e.g. the worker_lost frame just written
-                if self.finished:
+        """Like :meth:`Run.follow`, over this worker's one mirror of the run's log."""
+        mirror = self.mirrors.acquire(self)
+        try:
+            position = max(after, 0)
+            if max_lag is not None:
+                max_lag += max(0, len(mirror.entries) - position)
+            while True:
+                available = len(mirror.entries)
+                if position < available:
+                    if max_lag is not None and not mirror.done and available - position > max_lag:
+                        raise SubscriberTooSlow(f"{available - position} frames behind")
+                    batch = mirror.entries[position : position + max_batch]
+                    position += len(batch)
+                    yield batch
+                    if batch[-1].type in TERMINAL_TYPES:
+                        return
+                elif mirror.done:
+                    if mirror.error is not None:
+                        raise mirror.error
                     return
-                if heartbeat and time.monotonic() - quiet_since >= heartbeat:
-                    quiet_since = time.monotonic()
-                    yield []
-                continue
-            quiet_since = time.monotonic()
-            for start in range(0, len(found), max_batch):
-                batch = [RemoteEntry(*entry) for entry in found[start : start + max_batch]]
-                position = batch[-1].seq
-                yield batch
-                if batch[-1].type in TERMINAL_TYPES:
-                    return
+                else:
+                    try:
+                        async with asyncio.timeout(heartbeat):
+                            await mirror.changed.wait()
+                    except TimeoutError:
+                        yield []
+        finally:
+            self.mirrors.release(self.run_id)
 
     def cancel(self, code: str = "cancelled", message: str = "run cancelled") -> bool:
         if self.finished:
@@ -969,3 +984,71 @@ class RemoteRun:
             "first_token_at": number("first_token_at"),
             "last_seq": self.last_seq,
         }
+
+
+class Mirror:
+    """This worker's copy of a remote run's log, read from the broker by one task and
+    shared by every local subscriber: one Redis connection per run, not per subscriber."""
+
+    def __init__(self) -> None:
+        self.entries: list[RemoteEntry] = []
+        self.changed = asyncio.Event()
+        self.done = False
+        self.error: BaseException | None = None
+        self.followers = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed.clear()
+
+    async def pump(self, run: RemoteRun) -> None:
+        try:
+            while True:
+                # Short reads, so that a lost worker is noticed within seconds.
+                found = await run.broker.read(run.run_id, len(self.entries), 2.0)
+                if found:
+                    self.entries.extend(RemoteEntry(*entry) for entry in found)
+                    self._wake()
+                    if self.entries[-1].type in TERMINAL_TYPES:
+                        return
+                    continue
+                await run.refresh()  # ends a run whose worker died (worker_lost)
+                if run.finished and run.last_seq <= len(self.entries):
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("lost the broker while following run %s: %s", run.run_id, exc)
+            self.error = exc
+        finally:
+            self.done = True
+            self._wake()
+
+
+class Mirrors:
+    """The mirrors of one worker, by run id; a mirror goes when its last follower does."""
+
+    def __init__(self, tasks: set[asyncio.Task[None]]) -> None:
+        self.tasks = tasks
+        self.by_run: dict[str, Mirror] = {}
+
+    def acquire(self, run: RemoteRun) -> Mirror:
+        mirror = self.by_run.get(run.run_id)
+        if mirror is None or (mirror.done and mirror.error is not None):
+            mirror = self.by_run[run.run_id] = Mirror()
+            mirror.task = asyncio.create_task(mirror.pump(run), name=f"mirror-{run.run_id}")
+            self.tasks.add(mirror.task)
+            mirror.task.add_done_callback(self.tasks.discard)
+        mirror.followers += 1
+        return mirror
+
+    def release(self, run_id: str) -> None:
+        mirror = self.by_run.get(run_id)
+        if mirror is None:
+            return
+        mirror.followers -= 1
+        if mirror.followers <= 0:
+            del self.by_run[run_id]
+            if mirror.task is not None and not mirror.task.done():
+                mirror.task.cancel()

@@ -80,3 +80,13 @@ async def test_cancel_requests_reach_listeners(broker: Broker) -> None:
 def test_unknown_broker_url() -> None:
     with pytest.raises(ValueError, match="unknown broker URL"):
         open_broker("kafka://x")
+
+
+async def test_thread_claims(broker: Broker) -> None:
+    assert await broker.claim_thread("t", "r1") == "r1"
+    assert await broker.claim_thread("t", "r2") == "r1"  # held
+    await broker.release_thread("t", "r2")  # not the holder: no effect
+    assert await broker.claim_thread("t", "r3") == "r1"
+    assert await broker.claim_thread("t", "r4", force=True) == "r4"
+    await broker.release_thread("t", "r4")
+    assert await broker.claim_thread("t", "r5") == "r5"

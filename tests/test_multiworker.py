@@ -335,3 +335,15 @@ def test_a_threads_runs_are_listed_by_every_worker(workers: tuple[str, str]) -> 
     expected = [first["run_id"], second["run_id"]]
     assert [r["run_id"] for r in on_a] == [r["run_id"] for r in on_b] == expected
     assert all(r["status"] == "success" for r in on_a + on_b)
+
+
+def test_a_busy_thread_is_refused_on_every_worker(workers: tuple[str, str]) -> None:
+    a, b = workers
+    body = {"graph": "ticker", "message": "x", "thread_id": "busy-everywhere"}
+    with httpx.Client(timeout=30) as client:
+        first = client.post(f"{a}/runs", json=body).json()
+        refused = client.post(f"{b}/runs", json=body)
+        assert refused.status_code == 409 and refused.json()["code"] == "thread_busy"
+        client.post(f"{b}/runs/{first['run_id']}/cancel")
+        again = client.post(f"{b}/runs", json={**body, "timeout": 0.2})
+    assert again.status_code == 202  # free once the first ended

@@ -218,6 +218,8 @@ def test_limits_queue_and_reject_with_retry_after(server: str) -> None:
     with httpx.Client(timeout=30) as client:
         a = client.post(f"{server}/runs", json={"graph": "ticker", "message": "x"}).json()
         b = client.post(f"{server}/runs", json={"graph": "ticker", "message": "x"}).json()
+        for run in (a, b):  # both slots taken before the next ones arrive
+            wait_status(client, server, run["run_id"], "running")
         queued = client.post(f"{server}/runs", json={"graph": "agent", "message": "x"})
         assert queued.status_code == 202
         full = client.post(f"{server}/runs", json={"graph": "agent", "message": "x"})
@@ -324,6 +326,8 @@ def test_cancel_a_run_still_waiting_for_a_slot(server: str) -> None:
             client.post(f"{server}/runs", json={"graph": "ticker", "message": "x"}).json()
             for _ in range(2)  # max_concurrent_runs is 2
         ]
+        for run in busy:  # both slots taken before the next one arrives
+            wait_status(client, server, run["run_id"], "running")
         queued = client.post(f"{server}/runs", json={"graph": "agent", "message": "x"}).json()
         started = time.monotonic()
         cancelled = client.post(f"{server}/runs/{queued['run_id']}/cancel")

@@ -67,6 +67,15 @@ class Broker(Protocol):
 
     async def queue_length(self) -> int: ...
 
+    async def claim_thread(self, thread_id: str, run_id: str, *, force: bool = False) -> str:
+        """Mark ``run_id`` as the thread's active run unless another holds it (``force``
+        takes it anyway); returns the holder afterwards."""
+        ...
+
+    async def release_thread(self, thread_id: str, run_id: str) -> None:
+        """Clear the thread's active run, if it is still ``run_id``."""
+        ...
+
     async def room_join(self, thread_id: str, member: str, info: str) -> None:
         """Record a room member (``info``: its JSON description, with its worker)."""
         ...

@@ -23,6 +23,7 @@ class MemoryBroker:
         self._alive_until: dict[str, float] = {}
         self._jobs: asyncio.Queue[bytes] = asyncio.Queue()
         self._rooms: dict[str, dict[str, str]] = {}
+        self._active: dict[str, str] = {}
         self._presence: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
@@ -88,6 +89,15 @@ class MemoryBroker:
 
     async def queue_length(self) -> int:
         return self._jobs.qsize()
+
+    async def claim_thread(self, thread_id: str, run_id: str, *, force: bool = False) -> str:
+        if force:
+            self._active[thread_id] = run_id
+        return self._active.setdefault(thread_id, run_id)
+
+    async def release_thread(self, thread_id: str, run_id: str) -> None:
+        if self._active.get(thread_id) == run_id:
+            del self._active[thread_id]
 
     async def room_join(self, thread_id: str, member: str, info: str) -> None:
         self._rooms.setdefault(thread_id, {})[member] = info

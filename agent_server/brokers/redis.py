@@ -9,6 +9,8 @@
   the run acts on them. New runs are announced on ``<prefix>:runs``.
 - Background runs wait in the list ``<prefix>:queue`` (``LPUSH``/``BRPOP``) until a
   worker with a free slot takes them.
+- A thread's active run is ``<prefix>:thread:<id>:active`` (``SET NX``), so a second run
+  on a busy thread is refused (409) whichever worker is asked.
 - Room members are a hash per thread, ``<prefix>:room:<thread>``; presence messages go
   through pub/sub on ``<prefix>:presence``, so every worker tells its own members.
 - Each worker refreshes ``<prefix>:worker:<id>`` (a key with a TTL): when it is gone,
@@ -28,13 +30,25 @@ import redis.asyncio as redis
 from agent_server.brokers import Entry
 
 LOG_CAP = 100_000  # frames kept per run, approximately
+MAX_CONNECTIONS = 256  # per worker
+# Delete the thread's active-run key only if it still names this run (atomically).
+RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 class RedisBroker:
     shared = True
 
     def __init__(self, url: str, *, prefix: str = "agent-server") -> None:
-        self.client: redis.Redis = redis.Redis.from_url(url)
+        # A blocking pool: a burst of requests (a thousand subscribers arriving at once)
+        # waits for a free connection instead of failing with "Too many connections".
+        # Each followed run holds one connection while its reader blocks (XREAD BLOCK).
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=30
+        )
+        self.client: redis.Redis = redis.Redis(connection_pool=pool)
         self.prefix = prefix
 
     def _log(self, run_id: str) -> str:
@@ -122,6 +136,19 @@ class RedisBroker:
 
     async def queue_length(self) -> int:
         return int(await self.client.llen(f"{self.prefix}:queue"))
+
+    async def claim_thread(self, thread_id: str, run_id: str, *, force: bool = False) -> str:
+        key = f"{self.prefix}:thread:{thread_id}:active"
+        if force:
+            await self.client.set(key, run_id)
+            return run_id
+        await self.client.set(key, run_id, nx=True)
+        holder: Any = await self.client.get(key)
+        return holder.decode() if holder else run_id
+
+    async def release_thread(self, thread_id: str, run_id: str) -> None:
+        key = f"{self.prefix}:thread:{thread_id}:active"
+        await self.client.eval(RELEASE, 1, key, run_id)
 
     async def room_join(self, thread_id: str, member: str, info: str) -> None:
         await self.client.hset(f"{self.prefix}:room:{thread_id}", member, info)
