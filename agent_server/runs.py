@@ -42,7 +42,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from langchain_core.runnables import RunnableConfig
@@ -160,6 +160,51 @@ class RunLimits:
     max_batch: int = 512
 
 
+Entry = TypeVar("Entry", "LogEntry", "RemoteEntry")
+
+
+async def follow_log(
+    log: list[Entry],
+    finished: Callable[[], bool],
+    changed: asyncio.Event,
+    after: int = 0,
+    *,
+    heartbeat: float | None = None,
+    max_lag: int | None = None,
+    max_batch: int = 512,
+) -> AsyncIterator[list[Entry]]:
+    """Batches of ``log`` after seq ``after``, live, until the terminal frame or until
+    ``finished()`` with nothing left; ``changed`` is set on every append.
+
+    With ``heartbeat``, an empty batch is yielded after that many idle seconds, so a
+    transport can keep the connection alive. With ``max_lag``, a subscriber that falls
+    that many frames further behind a live log than where it joined gets
+    :class:`SubscriberTooSlow`: its starting backlog is not lag, or a subscriber that
+    resumes far back would be dropped before its first frame, again and again.
+    """
+    position = max(after, 0)  # seq n sits at index n - 1
+    if max_lag is not None:
+        max_lag += max(0, len(log) - position)
+    while True:
+        available = len(log)
+        if position < available:
+            if max_lag is not None and not finished() and available - position > max_lag:
+                raise SubscriberTooSlow(f"{available - position} frames behind")
+            batch = log[position : position + max_batch]
+            position += len(batch)
+            yield batch
+            if batch[-1].type in TERMINAL_TYPES:
+                return
+        elif finished():
+            return
+        else:
+            try:
+                async with asyncio.timeout(heartbeat):
+                    await changed.wait()
+            except TimeoutError:
+                yield []
+
+
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, GraphRecursionError):
         return "recursion_limit"
@@ -217,35 +262,17 @@ class Run:
         max_lag: int | None = None,
         max_batch: int = 512,
     ) -> AsyncIterator[list[LogEntry]]:
-        """Batches of log entries with ``seq > after``, live, until the terminal frame.
-
-        With ``heartbeat``, an empty batch is yielded after that many idle seconds, so a
-        transport can keep the connection alive. With ``max_lag``, a subscriber that falls
-        that many frames further behind a running run than where it joined gets
-        :class:`SubscriberTooSlow`: its starting backlog is not lag, or a subscriber that
-        resumes far back would be dropped before its first frame, again and again.
-        """
-        position = max(after, 0)  # seq n sits at index n - 1
-        if max_lag is not None:
-            max_lag += max(0, len(self.log) - position)
-        while True:
-            available = len(self.log)
-            if position < available:
-                if max_lag is not None and not self.finished and available - position > max_lag:
-                    raise SubscriberTooSlow(f"{available - position} frames behind")
-                batch = self.log[position : position + max_batch]
-                position += len(batch)
-                yield batch
-                if batch[-1].type in TERMINAL_TYPES:
-                    return
-            elif self.finished:
-                return
-            else:
-                try:
-                    async with asyncio.timeout(heartbeat):
-                        await self._changed.wait()
-                except TimeoutError:
-                    yield []
+        """Batches of log entries with ``seq > after``, live (see :func:`follow_log`)."""
+        async for batch in follow_log(
+            self.log,
+            lambda: self.finished,
+            self._changed,
+            after,
+            heartbeat=heartbeat,
+            max_lag=max_lag,
+            max_batch=max_batch,
+        ):
+            yield batch
 
     async def wait(self) -> None:
         """Until the run has finished (its terminal frame is in the log)."""
@@ -422,6 +449,7 @@ class RunManager:
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.mirrors = Mirrors(self._tasks)
+        self._early_cancels: OrderedDict[str, None] = OrderedDict()
 
     # -- queries ---------------------------------------------------------------------
 
@@ -685,8 +713,12 @@ class RunManager:
             "created_at": run.created_at,
             "queue_position": waiting + 1,
         }
-        await self.broker.push_job(dumps(job))
-        return RemoteRun(self.broker, run.run_id, record, run.graph, self.mirrors)
+        encoded = dumps(job)
+        await self.broker.put_record(run.run_id, {"job": encoded.decode()})
+        await self.broker.push_job(encoded)
+        return RemoteRun(
+            self.broker, run.run_id, {**record, "job": encoded.decode()}, run.graph, self.mirrors
+        )
 
     async def pull_jobs(self) -> None:
         """Take queued background runs while this worker has a free slot (lifespan task)."""
@@ -718,7 +750,7 @@ class RunManager:
             created_at=job["created_at"],
         )
         try:
-            if cancelled:
+            if cancelled or self._early_cancels.pop(run.run_id, 1) is None:
                 raise RunRejected(499, "cancelled", "cancelled by request before it started")
             self.submit(run, job["strategy"], queue_position=job.get("queue_position"))
         except (RunRejected, Forbidden) as exc:
@@ -751,6 +783,10 @@ class RunManager:
             run = self.runs.get(run_id)
             if run is not None:
                 run.cancel("cancelled", "cancelled by request")
+            else:  # perhaps a job this worker is taking right now: see _start_job
+                self._early_cancels[run_id] = None
+                if len(self._early_cancels) > 1000:
+                    self._early_cancels.popitem(last=False)
 
     # -- retention -------------------------------------------------------------------
 
@@ -897,29 +933,20 @@ class RemoteRun:
         """Like :meth:`Run.follow`, over this worker's one mirror of the run's log."""
         mirror = self.mirrors.acquire(self)
         try:
-            position = max(after, 0)
-            if max_lag is not None:
-                max_lag += max(0, len(mirror.entries) - position)
-            while True:
-                available = len(mirror.entries)
-                if position < available:
-                    if max_lag is not None and not mirror.done and available - position > max_lag:
-                        raise SubscriberTooSlow(f"{available - position} frames behind")
-                    batch = mirror.entries[position : position + max_batch]
-                    position += len(batch)
-                    yield batch
-                    if batch[-1].type in TERMINAL_TYPES:
-                        return
-                elif mirror.done:
-                    if mirror.error is not None:
-                        raise mirror.error
+            async for batch in follow_log(
+                mirror.entries,
+                lambda: mirror.done,
+                mirror.changed,
+                after,
+                heartbeat=heartbeat,
+                max_lag=max_lag,
+                max_batch=max_batch,
+            ):
+                yield batch
+                if batch and batch[-1].type in TERMINAL_TYPES:
                     return
-                else:
-                    try:
-                        async with asyncio.timeout(heartbeat):
-                            await mirror.changed.wait()
-                    except TimeoutError:
-                        yield []
+            if mirror.error is not None:
+                raise mirror.error
         finally:
             self.mirrors.release(self.run_id)
 
@@ -932,15 +959,19 @@ class RemoteRun:
         return True
 
     async def _request_cancel(self) -> None:
-        # Recorded first, so the worker that takes a still-queued run drops it; a running
-        # run is cancelled by its worker, through the broker's message.
-        await self.broker.put_record(self.run_id, {"cancel_requested": "1"})
-        if not self.record.get("worker") and await self._end_queued():
+        # A run still in the queue is taken back out of it (atomically: then no worker
+        # will ever start it) and ended here. Otherwise a worker has it: the flag covers
+        # the moment between its taking the job and starting the run, the message the
+        # rest.
+        job = self.record.get("job")
+        if job and await self.broker.remove_job(job.encode()):
+            await self._end_queued()
             return
+        await self.broker.put_record(self.run_id, {"cancel_requested": "1"})
         await self.broker.request_cancel(self.run_id)
 
-    async def _end_queued(self) -> bool:
-        """End a run no worker has taken yet: its whole log, written here."""
+    async def _end_queued(self) -> None:
+        """End a run taken back out of the queue: its whole log, written here."""
         frames = [
             RunStart(
                 run_id=self.run_id, seq=1, ts=now_ms(), graph=self.graph.name,
@@ -951,17 +982,12 @@ class RemoteRun:
                 message="cancelled by request before it started",
             ),
         ]  # fmt: skip
-        for frame in frames:
-            if not await self.broker.append_next(
-                self.run_id, (frame.seq, frame.type, encode(frame))
-            ):
-                return False  # a worker took it meanwhile: it will see cancel_requested
+        await self.broker.publish(self.run_id, [(f.seq, f.type, encode(f)) for f in frames])
         await self.broker.put_record(
             self.run_id,
             {"status": RunStatus.CANCELLED.value, "last_seq": "2", "ended_at": repr(time.time())},
         )
         await self.refresh_record()
-        return True
 
     async def wait(self) -> None:
         while not self.finished:

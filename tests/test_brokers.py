@@ -90,3 +90,15 @@ async def test_thread_claims(broker: Broker) -> None:
     assert await broker.claim_thread("t", "r4", force=True) == "r4"
     await broker.release_thread("t", "r4")
     assert await broker.claim_thread("t", "r5") == "r5"
+
+
+async def test_job_queue(broker: Broker) -> None:
+    assert await broker.pop_job(0.05) is None
+    for job in (b"j1", b"j2", b"j3"):
+        await broker.push_job(job)
+    assert await broker.queue_length() == 3
+    assert await broker.remove_job(b"j2")
+    assert not await broker.remove_job(b"j2")
+    assert await broker.pop_job(1) == b"j1"  # first in, first out
+    assert await broker.pop_job(1) == b"j3"
+    assert await broker.queue_length() == 0

@@ -65,6 +65,10 @@ class Broker(Protocol):
 
     async def pop_job(self, timeout: float) -> bytes | None: ...
 
+    async def remove_job(self, job: bytes) -> bool:
+        """Take a job back out of the queue; False if a worker has taken it already."""
+        ...
+
     async def queue_length(self) -> int: ...
 
     async def claim_thread(self, thread_id: str, run_id: str, *, force: bool = False) -> str:

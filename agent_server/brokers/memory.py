@@ -87,6 +87,15 @@ class MemoryBroker:
         except TimeoutError:
             return None
 
+    async def remove_job(self, job: bytes) -> bool:
+        pending = [self._jobs.get_nowait() for _ in range(self._jobs.qsize())]
+        found = job in pending
+        if found:
+            pending.remove(job)
+        for item in pending:
+            self._jobs.put_nowait(item)
+        return found
+
     async def queue_length(self) -> int:
         return self._jobs.qsize()
 

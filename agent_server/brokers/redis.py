@@ -134,6 +134,10 @@ class RedisBroker:
         popped: Any = await self.client.brpop([f"{self.prefix}:queue"], timeout=max(timeout, 0.01))
         return popped[1] if popped else None
 
+    async def remove_job(self, job: bytes) -> bool:
+        removed: Any = await self.client.lrem(f"{self.prefix}:queue", 1, job)  # type: ignore[arg-type]
+        return bool(removed)
+
     async def queue_length(self) -> int:
         return int(await self.client.llen(f"{self.prefix}:queue"))
 
