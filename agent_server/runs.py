@@ -464,9 +464,6 @@ class RunManager:
     def get(self, run_id: str) -> Run | None:
         return self.runs.get(run_id)
 
-    def was_dropped(self, run_id: str) -> bool:
-        return run_id in self._tombstones
-
     async def find(self, run_id: str) -> Run | RemoteRun | None:
         """A run of this worker, or, with a shared broker, of any worker."""
         run = self.runs.get(run_id)
