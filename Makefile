@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean js
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agent-server needs Python 3.11+ (set PYTHON=python3.11)")'
@@ -15,10 +15,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The official JS clients the interop tests run (only where Node is installed).
+JS_STAMP := tests/js/node_modules/.installed-stamp
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/js --no-audit --no-fund && touch $(JS_STAMP); \
+	else echo "npm not found: the JS client tests will be skipped"; fi
+
+js: $(JS_STAMP)
+
 run: install
 	$(BIN)/agent-server serve $(ARGS)
 
-test: install
+test: install js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -31,4 +39,4 @@ bench: install
 	$(BIN)/python bench/stream_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .agent-server
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .agent-server tests/js/node_modules

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from agent_server.agui import agui_endpoint
 from agent_server.auth import user_id
 from agent_server.frames import dumps
 from agent_server.runs import RemoteRun, Run, RunRejected
@@ -147,10 +148,14 @@ def stream_response(
 
     return SSEResponse(
         run_events(run, state.streams, after=after, id_prefix=id_prefix),
-        headers={"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id},
+        headers=stream_headers(run),
         on_disconnect=disconnected,
         send_timeout=state.streams.send_timeout,
     )
+
+
+def stream_headers(run: Run | RemoteRun) -> dict[str, str]:
+    return {"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id}
 
 
 def last_event_id(request: Request) -> str | None:
@@ -374,4 +379,5 @@ def routes() -> list[BaseRoute]:
         Route("/tools", get_tools, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/ag-ui/{graph}", agui_endpoint, methods=["POST"]),
     ]
