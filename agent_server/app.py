@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
@@ -165,7 +166,17 @@ def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None =
 
     return Starlette(
         routes=[*routes(), WebSocketRoute("/ws", websocket_endpoint)],
-        middleware=[Middleware(AuthMiddleware, verifier=load_verifier(settings))],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                expose_headers=["X-Run-Id", "X-Thread-Id", "Location", "Retry-After"],
+                allow_credentials="*" not in settings.cors_origins,
+            ),
+            Middleware(AuthMiddleware, verifier=load_verifier(settings)),
+        ],
         lifespan=lifespan,
         exception_handlers={
             RequestError: _request_error,

@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
 
+    # Browsers on other origins (docs/frontends.md, "CORS").
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API and open the WebSocket ('*' for any). "
+        "The server's own origin is always allowed.",
+    )
+
     # WebSocket sessions (docs/protocol.md, "WebSocket").
     ws_ping_interval: float = Field(20.0, gt=0, description="Seconds between app-level pings.")
     ws_idle_timeout: float = Field(

@@ -328,3 +328,38 @@ async def test_leaving_a_room_stops_its_runs_frames(url: str) -> None:
             await asyncio.wait_for(listen(), 0.6)
         # at most what was already on its way when the leave arrived
         assert len([m for m in after if m.get("type") == "custom"]) <= 3
+
+
+async def test_foreign_origins_are_refused_unless_listed() -> None:
+    settings = test_settings(cors_origins=["https://app.example"])
+    with live_server(create_app(settings)) as base:
+        url = base.replace("http", "ws") + "/ws"
+        host = base.removeprefix("http://")
+        for origin, allowed in (
+            ("https://app.example", True),
+            (f"http://{host}", True),  # the server's own page
+            ("https://evil.example", False),
+        ):
+            async with connect(url, origin=origin) as ws:  # type: ignore[arg-type]
+                if allowed:
+                    await ws.send(json.dumps({"type": "ping", "id": 1}))
+                    assert (await anext(messages(ws)))["type"] == "pong"
+                else:
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await anext(messages(ws))
+                    assert closed.value.rcvd is not None
+                    assert closed.value.rcvd.code == 1008
+                    assert "origin not allowed" in closed.value.rcvd.reason
+        async with httpx.AsyncClient() as client:
+            preflight = await client.options(
+                f"{base}/runs/stream",
+                headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                         "Access-Control-Request-Headers": "content-type"},
+            )  # fmt: skip
+            foreign = await client.options(
+                f"{base}/runs/stream",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+            )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in foreign.headers
