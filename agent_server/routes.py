@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from agent_server.agui import agui_endpoint
+from agent_server.aisdk import chat_endpoint, resume_endpoint
 from agent_server.auth import user_id
 from agent_server.frames import dumps
 from agent_server.runs import RemoteRun, Run, RunRejected
@@ -380,4 +381,6 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/ag-ui/{graph}", agui_endpoint, methods=["POST"]),
+        Route("/ai-sdk/{graph}", chat_endpoint, methods=["POST"]),
+        Route("/ai-sdk/{graph}/{chat_id}/stream", resume_endpoint, methods=["GET"]),
     ]

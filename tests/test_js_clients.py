@@ -24,7 +24,7 @@ def node() -> str:
     reason = None
     if found is None:
         reason = "Node.js is not installed"
-    elif not (JS / "node_modules" / "@ag-ui" / "client").is_dir():
+    elif not all((JS / "node_modules" / p).is_dir() for p in ("@ag-ui/client", "ai")):
         reason = "tests/js has no node_modules: run `npm ci --prefix tests/js` (make test does)"
     if reason is not None:
         if os.environ.get("CI"):
@@ -57,3 +57,18 @@ def test_official_agui_client(server: str) -> None:
     assert summary["second"]["outcome"] == "success" and summary["second"]["users"] == 2
     assert summary["asked"] == {"outcome": "interrupt", "interrupts": 1}
     assert summary["resumed"] == {"outcome": "success", "text": "approved: yes"}
+
+
+def test_official_ai_sdk_transport_and_reader(server: str) -> None:
+    result = subprocess.run(
+        [node(), str(JS / "aisdk.mjs"), server], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    parts = summary["message"]["parts"]
+    tool = next(p for p in parts if p["type"] == "tool-calculator")
+    assert tool["state"] == "output-available"
+    assert tool["input"] == {"expression": "6*7"} and tool["output"] == "42"
+    text = next(p for p in parts if p["type"] == "text")
+    assert text["text"] == "The calculator tool returned 42." and text["state"] == "done"
+    assert summary["reconnect"] is None  # no active stream: 204
