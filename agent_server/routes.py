@@ -15,8 +15,10 @@ Resume rules (see docs/protocol.md):
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import uuid
+from importlib import resources
 from typing import Any, overload
 
 import orjson
@@ -348,6 +350,27 @@ async def healthz(request: Request) -> Response:
     )
 
 
+@functools.cache
+def playground_page() -> bytes:
+    return (resources.files("agent_server") / "static" / "playground.html").read_bytes()
+
+
+async def playground(request: Request) -> Response:
+    """The playground: one static page, no build step, nothing fetched from elsewhere."""
+    return Response(
+        playground_page(),
+        media_type="text/html; charset=utf-8",
+        headers={"Content-Security-Policy": CSP},
+    )
+
+
+# The page talks only to this server (its own origin, over HTTP and WebSocket).
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'"
+)
+
+
 async def metrics(request: Request) -> Response:
     state = app_state(request)
     body, content_type = state.metrics.render()
@@ -378,6 +401,7 @@ def routes() -> list[BaseRoute]:
         Route("/threads/{thread_id}/state", get_thread_state, methods=["GET"]),
         Route("/graphs", get_graphs, methods=["GET"]),
         Route("/tools", get_tools, methods=["GET"]),
+        Route("/", playground, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/ag-ui/{graph}", agui_endpoint, methods=["POST"]),
