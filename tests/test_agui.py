@@ -142,3 +142,24 @@ def test_bad_input_and_unknown_graph(server: str) -> None:
         )  # fmt: skip
     assert missing.status_code == 422 and missing.json()["code"] == "validation_error"
     assert unknown.status_code == 404 and unknown.json()["code"] == "graph_not_found"
+
+
+def test_a_cancelled_run_finishes_with_outcome_cancelled(server: str) -> None:
+    payload = {"threadId": "agui-cancel", "runId": "r-1", "state": {}, "messages": [user("x")],
+               "tools": [], "context": [], "forwardedProps": {}}  # fmt: skip
+    events = []
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{server}/ag-ui/ticker", json=payload) as response,
+    ):
+        run_id = response.headers["x-run-id"]
+        buffer = b""
+        for chunk in response.iter_raw():
+            buffer += chunk
+            *blocks, buffer = buffer.split(b"\n\n")
+            for block in blocks:
+                events.append(EVENT.validate_python(json.loads(block[6:])))
+                if kinds_of(events)[-1] == "CUSTOM" and len(events) == 3:
+                    client.post(f"{server}/runs/{run_id}/cancel")
+    check_order(events)
+    assert events[-1].outcome.type == "cancelled"

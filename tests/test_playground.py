@@ -141,3 +141,18 @@ def test_seed_style_event_source_client(page: Any, server: str) -> None:
     assert frames[0]["type"] == "run_start" and frames[-1]["type"] == "done"
     assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
     assert any(f["type"] == "tool_end" and f["output"] == "4" for f in frames)
+
+
+def test_usable_on_a_phone(browser: Any, server: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    page.goto(server + "/")
+    page.wait_for_selector("#status[data-state=open]")
+    box = page.get_by_role("textbox", name="Message")
+    send_button = page.get_by_role("button", name="Send")
+    assert box.is_visible() and send_button.is_visible()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390  # nothing overflows sideways
+    send(page, "hello")
+    page.locator(".msg.assistant").wait_for()
+    context.close()
