@@ -20,6 +20,14 @@ from agent_server.frames import (
     parse_frame,
 )
 from agent_server.graphs import GraphEntry, GraphRegistry, UnknownGraphError
+from agent_server.notebook import (
+    Session,
+    load_tools,
+    print_stream,
+    show,
+    stream,
+    stream_sync,
+)
 from agent_server.settings import Settings
 from agent_server.tools import PluginError, ToolRegistry, UnknownToolError
 
@@ -40,6 +48,7 @@ __all__ = [
     "PluginError",
     "RunStart",
     "ScriptedChatModel",
+    "Session",
     "Settings",
     "Token",
     "ToolEnd",
@@ -52,5 +61,10 @@ __all__ = [
     "create_app",
     "encode",
     "load_chat_model",
+    "load_tools",
     "parse_frame",
+    "print_stream",
+    "show",
+    "stream",
+    "stream_sync",
 ]
