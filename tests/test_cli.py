@@ -88,6 +88,8 @@ def test_graphs_lists_the_configured_and_the_added_graphs(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "agent: graphs/agent.py:make_graph (A tool-calling agent over every registered tool.)",
+        "rag: graphs/rag.py:make_graph (Answers questions about agent-server from its "
+        "documentation (BM25 retrieval).)",
         f"extra: {extra}:graph",
     ]
 
@@ -170,7 +172,7 @@ def test_run_an_unknown_graph() -> None:
     result = cli("run", "nope", "hi")
     assert result.returncode == 2
     assert result.stdout == ""
-    assert "unknown graph 'nope' (available: agent)" in result.stderr
+    assert "unknown graph 'nope' (available: agent, rag)" in result.stderr
 
 
 def test_invalid_options_are_one_line_errors() -> None:
@@ -228,7 +230,7 @@ def test_serve_streams_and_stops_on_sigterm(tmp_path: Path) -> None:
                     pass
                 assert time.monotonic() < deadline, "the server did not answer within 30 s"
                 time.sleep(0.1)
-            assert health.json()["graphs"] == 1
+            assert health.json()["graphs"] == 2  # agent and rag
 
             frames: list[Any] = []
             with (

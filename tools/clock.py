@@ -15,7 +15,8 @@ def current_time(timezone: str = "UTC") -> str:
     """
     try:
         zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    # A region name ("Europe") is a directory in the tz database: OSError, not NotFound.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ToolException(
             f"unknown time zone {timezone!r}; use an IANA name such as 'Europe/Paris' or 'UTC'"
         ) from None
