@@ -237,6 +237,7 @@ async def post_runs_wait(request: Request) -> Response:
         if (body.on_disconnect or "cancel") == "cancel":
             run.cancel("cancelled", "the client disconnected")
         return Response(status_code=499)  # nobody is listening any more
+    await state.runs.settled(run)
     return JSONResponse(run.result())
 
 
@@ -270,7 +271,7 @@ async def post_run_cancel(request: Request) -> Response:
     if run.finished:
         return error_response(409, "run_finished", f"run {run.run_id} is already {run.status}")
     run.cancel("cancelled", "cancelled by request")
-    await run.wait()
+    await state.runs.settled(run)  # every worker reads it cancelled once this answers
     return JSONResponse(run.describe(), status_code=202)
 
 

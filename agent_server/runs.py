@@ -233,6 +233,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.announced = asyncio.Event()  # set once its record is in a shared broker
+        self.published = asyncio.Event()  # set once its whole log and status are there
         self.make = FrameFactory(self.run_id)
         self.translator: EventTranslator | None = None
         self._cancel_code = "cancelled"
@@ -491,6 +492,12 @@ class RunManager:
         if self.broker.shared:
             await run.announced.wait()
 
+    async def settled(self, run: Run | RemoteRun) -> None:
+        """Until a finished run's final status is what every worker reads."""
+        await run.wait()
+        if self.broker.shared and isinstance(run, Run):
+            await run.published.wait()
+
     def thread_runs(self, thread_id: str) -> list[Run]:
         return [self.runs[r] for r in self._threads.get(thread_id, ()) if r in self.runs]
 
@@ -671,6 +678,7 @@ class RunManager:
             logger.exception("could not publish run %s to the broker", run.run_id)
         finally:
             run.announced.set()  # never leave a route waiting
+            run.published.set()
 
     async def enqueue(self, run: Run, strategy: MultitaskStrategy) -> RemoteRun:
         """A background run for any worker: its record now (so every worker can find
