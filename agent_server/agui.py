@@ -85,8 +85,6 @@ from agent_server.schemas import RequestError, read_body
 from agent_server.sse import SSEResponse
 from agent_server.translate import text_of
 
-TERMINAL = ("RUN_FINISHED", "RUN_ERROR")
-
 
 def encode_event(event: Event) -> bytes:
     """One SSE event, lines ending in a bare ``\\n`` (the client rejects ``\\r\\n``)."""

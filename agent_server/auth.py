@@ -52,10 +52,6 @@ class User:
 Verifier = Callable[[str], Awaitable[User | None]]
 
 
-class AuthError(Exception):
-    pass
-
-
 def api_key_verifier(keys: dict[str, str]) -> Verifier:
     """Static keys: ``{key: user_id}`` (settings hold ``{user_id: key}``, keys secret)."""
 

@@ -47,10 +47,6 @@ async def open_storage(
     return saver, NoRecords()
 
 
-async def open_checkpointer(settings: Settings, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
-    return (await open_storage(settings, stack))[0]
-
-
 async def _postgres(
     url: str, pool_size: int, stack: AsyncExitStack
 ) -> tuple[BaseCheckpointSaver[Any], RunRecords]:

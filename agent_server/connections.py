@@ -43,7 +43,6 @@ class Connection:
     followers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # run id -> task
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     send_timeout: float = 10.0
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def user_id(self) -> str | None:

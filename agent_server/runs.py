@@ -156,8 +156,6 @@ class RunLimits:
     timeout: float = 600.0
     retention_seconds: float = 600.0
     retention_runs: int = 1000
-    max_lag: int = 10_000
-    max_batch: int = 512
 
 
 Entry = TypeVar("Entry", "LogEntry", "RemoteEntry")

@@ -11,7 +11,7 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from agent_server.app import create_app
-from agent_server.checkpoints import open_checkpointer
+from agent_server.checkpoints import open_storage
 from tests.conftest import test_settings
 from tests.live import live_server
 from tests.services import postgres_schema
@@ -44,7 +44,7 @@ async def test_backends_by_url(tmp_path: Path, postgres_url: str) -> None:
     ]
     for url, kind in cases:
         async with AsyncExitStack() as stack:
-            saver = await open_checkpointer(test_settings(database_url=url), stack)
+            saver, _ = await open_storage(test_settings(database_url=url), stack)
             assert isinstance(saver, kind)
     assert (tmp_path / "a" / "threads.sqlite").exists()
 
