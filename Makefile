@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean js
+.PHONY: install run test lint bench clean js test-langgraph-dev
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agent-server needs Python 3.11+ (set PYTHON=python3.11)")'
@@ -29,6 +29,10 @@ run: install
 test: install js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The LangGraph API tests against LangGraph's own dev server (its own venv; not in `test`).
+test-langgraph-dev: install js
+	tests/langgraph_dev/run.sh
+
 lint: install
 	$(BIN)/ruff check agent_server tests graphs tools bench
 	$(BIN)/ruff format --check agent_server tests graphs tools bench
@@ -37,6 +41,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/sse_transport.py
 	$(BIN)/python bench/stream_overhead.py
+	$(BIN)/python bench/langgraph_api.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .agent-server tests/js/node_modules
+	rm -rf $(VENV) .venv-langgraph .langgraph_api .langgraph-dev.log .pytest_cache .mypy_cache .ruff_cache .agent-server tests/js/node_modules

@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import WebSocketRoute
+from starlette.routing import Mount, WebSocketRoute
 
 from agent_server.auth import AuthMiddleware, load_verifier
 from agent_server.brokers import open_broker
@@ -24,6 +24,7 @@ from agent_server.chat_model import load_chat_model
 from agent_server.checkpoints import open_storage
 from agent_server.connections import ConnectionManager
 from agent_server.graphs import UnknownGraphError, load_graphs
+from agent_server.langgraph_api.routes import langgraph_routes
 from agent_server.metrics import Metrics
 from agent_server.routes import rejected, routes
 from agent_server.runs import Forbidden, RunLimits, RunManager, RunRejected
@@ -31,6 +32,7 @@ from agent_server.schemas import RequestError, error_response, validation_error_
 from agent_server.settings import Settings
 from agent_server.state import AppState
 from agent_server.streams import Streams
+from agent_server.threads import open_thread_records
 from agent_server.tools import ToolRegistry
 from agent_server.ws import fan_out, fan_out_remote, websocket_endpoint
 
@@ -108,6 +110,7 @@ async def open_state(
                 metrics=Metrics(runs, streams),
                 connections=connections,
                 sessions=sessions,
+                threads=await open_thread_records(checkpointer),
             )
         finally:
             janitor.cancel()
@@ -165,14 +168,24 @@ def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None =
             yield
 
     return Starlette(
-        routes=[*routes(), WebSocketRoute("/ws", websocket_endpoint)],
+        routes=[
+            *routes(),
+            WebSocketRoute("/ws", websocket_endpoint),
+            Mount(settings.langgraph_api_prefix, routes=langgraph_routes()),
+        ],
         middleware=[
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-                expose_headers=["X-Run-Id", "X-Thread-Id", "Location", "Retry-After"],
+                allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Api-Key"],
+                expose_headers=[
+                    "X-Run-Id",
+                    "X-Thread-Id",
+                    "Location",
+                    "Content-Location",
+                    "Retry-After",
+                ],
                 allow_credentials="*" not in settings.cors_origins,
             ),
             Middleware(AuthMiddleware, verifier=load_verifier(settings)),

@@ -7,7 +7,8 @@ naming your own ``async def verify(token: str) -> User | None``.
 
 Where the token comes from:
 
-- HTTP and SSE: ``Authorization: Bearer <token>``.
+- HTTP and SSE: ``Authorization: Bearer <token>``, or ``X-Api-Key: <token>`` (what
+  LangGraph's SDKs send when given an ``api_key``).
 - WebSocket: the same header, or the ``token`` query parameter (browsers cannot set
   headers on a WebSocket; it is removed from the scope before anything logs it), or a
   ``Sec-WebSocket-Protocol`` entry ``bearer.<token>`` offered next to
@@ -155,6 +156,8 @@ def token_from_scope(scope: Scope) -> tuple[str | None, str | None]:
     authorization = headers.get("authorization", "")
     if authorization[:7].lower() == "bearer ":
         return authorization[7:].strip(), None
+    if api_key := headers.get("x-api-key", "").strip():  # how LangGraph's SDKs send a key
+        return api_key, None
     if scope["type"] == "websocket":
         from urllib.parse import parse_qs
 

@@ -24,6 +24,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from agent_server.records import SCHEMA as RECORDS_SCHEMA
 from agent_server.records import NoRecords, PostgresRecords, RunRecords
 from agent_server.settings import Settings
+from agent_server.threads import PostgresThreads
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SETUP_LOCK = 0x6167656E74  # any fixed key: "agent"
@@ -77,7 +78,7 @@ async def _postgres(
             await asyncio.sleep(0.1)
         try:
             await saver.setup()
-            for statement in RECORDS_SCHEMA:
+            for statement in (*RECORDS_SCHEMA, *PostgresThreads.SCHEMA):
                 await lock.execute(statement)
         finally:
             await lock.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -117,6 +117,21 @@ class Done(BaseFrame):
     duration_ms: float
 
 
+class Part(BaseFrame):
+    """One event of LangGraph's own stream format, for the LangGraph API
+    (:mod:`agent_server.langgraph_api`); never sent by the native transports.
+
+    It lives in the run's log beside the native frames, so a LangGraph client can join
+    or resume the run exactly as any other client (its ``id:`` is the part's ``seq``), on
+    any worker. ``data`` holds its JSON already; :func:`encode` makes the whole SSE event.
+    Not a member of :data:`Frame`: no native client ever receives or parses one.
+    """
+
+    type: Literal["part"] = "part"
+    event: str  # "values", "messages", "updates|agent:<task id>", ...
+    data: bytes
+
+
 Frame = Annotated[
     RunStart | Token | ToolStart | ToolEnd | ToolError | Custom | Interrupt | Error | Done,
     Field(discriminator="type"),
@@ -181,12 +196,12 @@ def _sanitise(obj: Any, depth: int = 0) -> Any:
     return converted if isinstance(converted, str) else _sanitise(converted, depth + 1)
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, default: Callable[[Any], Any] = _json_default) -> bytes:
     """JSON bytes for any value a frame may carry (see :func:`_json_default`); never raises."""
     try:
-        return orjson.dumps(obj, default=_json_default, option=_OPTIONS)
+        return orjson.dumps(obj, default=default, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError):
-        return orjson.dumps(_sanitise(obj), default=_json_default, option=_OPTIONS)
+        return orjson.dumps(_sanitise(obj), default=default, option=_OPTIONS)
 
 
 def encode(frame: BaseFrame) -> bytes:
@@ -195,5 +210,9 @@ def encode(frame: BaseFrame) -> bytes:
     The copy is deliberate: orjson returns its output in a buffer of at least 4 KB, and
     a run's log keeps every frame's bytes, so a 200-byte token held 4 KB (measured with
     tracemalloc). The exact-size copy costs about 0.2 µs.
+
+    A :class:`Part` is encoded as the SSE event its only transport sends.
     """
+    if type(frame) is Part:
+        return b"event: %b\ndata: %b\nid: %d\n\n" % (frame.event.encode(), frame.data, frame.seq)
     return bytes(memoryview(dumps(frame.__dict__)))

@@ -39,7 +39,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
@@ -48,6 +48,7 @@ import orjson
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphRecursionError
+from langgraph.types import Command
 
 from agent_server.brokers import Broker
 from agent_server.brokers.memory import MemoryBroker
@@ -63,6 +64,7 @@ from agent_server.frames import (
     now_ms,
 )
 from agent_server.graphs import AnyGraph, GraphEntry, GraphRegistry
+from agent_server.langgraph_api.parts import PartOptions, PartTranslator
 from agent_server.records import NoRecords, RunRecords
 from agent_server.translate import STREAM_MODE, EventTranslator, FrameFactory
 
@@ -170,9 +172,13 @@ async def follow_log(
     heartbeat: float | None = None,
     max_lag: int | None = None,
     max_batch: int = 512,
+    skip_parts: bool = False,
 ) -> AsyncIterator[list[Entry]]:
     """Batches of ``log`` after seq ``after``, live, until the terminal frame or until
     ``finished()`` with nothing left; ``changed`` is set on every append.
+
+    With ``skip_parts``, LangGraph API parts (frames of type ``part``) are left out, for
+    the native transports: a run started through that API then shows gaps in ``seq``.
 
     With ``heartbeat``, an empty batch is yielded after that many idle seconds, so a
     transport can keep the connection alive. With ``max_lag``, a subscriber that falls
@@ -190,8 +196,12 @@ async def follow_log(
                 raise SubscriberTooSlow(f"{available - position} frames behind")
             batch = log[position : position + max_batch]
             position += len(batch)
-            yield batch
-            if batch[-1].type in TERMINAL_TYPES:
+            terminal = batch[-1].type in TERMINAL_TYPES
+            if skip_parts:
+                batch = [entry for entry in batch if entry.type != "part"]
+            if batch:
+                yield batch
+            if terminal:
                 return
         elif finished():
             return
@@ -224,6 +234,14 @@ class Run:
     first_token_at: float | None = None
     on_disconnect: Literal["cancel", "continue"] = "continue"
     owner: str | None = None  # the user id that started it (None without auth)
+    # LangGraph API runs: the stream parts to produce besides the frames, and extra
+    # arguments for the graph's stream (context, interrupt_before, ...).
+    parts: PartOptions | None = None
+    multitask_strategy: str = "reject"  # as the client asked (shown by the LangGraph API)
+    stream_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Awaited when the run gets its turn, before the graph starts (e.g. a rollback of
+    # the run it replaces); it may change ``config``. Not kept with queued jobs.
+    prepare: Callable[[Run], Awaitable[None]] | None = None
     subscribers: int = 0
     log: list[LogEntry] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
@@ -260,8 +278,10 @@ class Run:
         heartbeat: float | None = None,
         max_lag: int | None = None,
         max_batch: int = 512,
+        parts: bool = False,
     ) -> AsyncIterator[list[LogEntry]]:
-        """Batches of log entries with ``seq > after``, live (see :func:`follow_log`)."""
+        """Batches of log entries with ``seq > after``, live (see :func:`follow_log`);
+        LangGraph API parts only with ``parts``."""
         async for batch in follow_log(
             self.log,
             lambda: self.finished,
@@ -270,6 +290,7 @@ class Run:
             heartbeat=heartbeat,
             max_lag=max_lag,
             max_batch=max_batch,
+            skip_parts=not parts and self.parts is not None,
         ):
             yield batch
 
@@ -292,6 +313,12 @@ class Run:
         """Drive the graph and append its frames; always ends the log with done or error."""
         if not self.log:
             self.start_frame(0)
+        if self.prepare is not None:
+            try:
+                await self.prepare(self)
+            except Exception as exc:
+                self._fail(exc)
+                return
         make = self.make
         graph = self.graph.graph
         translator = EventTranslator(make, resumable=graph.checkpointer is not None)
@@ -324,13 +351,28 @@ class Run:
         started: float,
     ) -> None:
         make = self.make
+        parts = PartTranslator(make, self.parts) if self.parts is not None else None
+        stream_mode = STREAM_MODE + (self.parts.graph_modes() if self.parts else [])
         try:
             async with asyncio.timeout(self.timeout) as deadline:
-                async for event in graph.astream_events(
-                    self.input, config, version="v2", stream_mode=STREAM_MODE, subgraphs=True
-                ):
-                    for frame in translator.translate(event):
-                        self.append(frame)
+                events = graph.astream_events(
+                    self.input,
+                    config,
+                    version="v2",
+                    stream_mode=stream_mode,
+                    subgraphs=True,
+                    **self.stream_kwargs,
+                )
+                if parts is None:
+                    async for event in events:
+                        for frame in translator.translate(event):
+                            self.append(frame)
+                else:
+                    async for event in events:
+                        for frame in translator.translate(event):
+                            self.append(frame)
+                        for frame in parts.translate(event):
+                            self.append(frame)
         except TimeoutError as exc:
             if not deadline.expired():  # a TimeoutError of the graph's own: a failure
                 self._fail(exc)
@@ -583,6 +625,7 @@ class RunManager:
                 )
         if run.timeout is None:
             run.timeout = self.limits.timeout
+        run.multitask_strategy = strategy
         self.runs[run.run_id] = run
         self._threads.setdefault(run.thread_id, []).append(run.run_id)
         self._remember_owner(run.thread_id, run.owner)
@@ -619,6 +662,12 @@ class RunManager:
             await self.records.save(record)
         except Exception:
             logger.exception("could not save the record of run %s", record["run_id"])
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` in the background, owned (and cancelled at shutdown) by the manager."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def all_thread_runs(self, thread_id: str) -> list[dict[str, Any]]:
         """A thread's runs from every worker and from before a restart (newest status
@@ -660,7 +709,7 @@ class RunManager:
             run.announced.set()
             await broker.claim_thread(run.thread_id, run.run_id, force=True)
             await broker.announce(run.run_id, run.thread_id, self.worker)
-            async for batch in run.follow():
+            async for batch in run.follow(parts=True):
                 await broker.publish(run.run_id, [(e.seq, e.type, e.data) for e in batch])
                 await broker.put_record(run.run_id, run.record())
             await run.wait()
@@ -707,7 +756,10 @@ class RunManager:
         job = {
             "run_id": run.run_id,
             "graph": run.graph.name,
-            "input": run.input,
+            "input": None if isinstance(run.input, Command) else run.input,
+            "command": _command_json(run.input) if isinstance(run.input, Command) else None,
+            "parts": run.parts.to_json() if run.parts else None,
+            "stream_kwargs": run.stream_kwargs,
             "thread_id": run.thread_id,
             "config": run.config,
             "timeout": run.timeout,
@@ -742,9 +794,13 @@ class RunManager:
 
     def _start_job(self, job: dict[str, Any], *, cancelled: bool = False) -> None:
         assert self.graphs is not None
+        command = job.get("command")
+        parts = job.get("parts")
         run = Run(
             graph=self.graphs.get(job["graph"]),
-            input=job["input"],
+            input=Command(**command) if command is not None else job["input"],
+            parts=PartOptions.from_json(parts) if parts is not None else None,
+            stream_kwargs=job.get("stream_kwargs") or {},
             thread_id=job["thread_id"],
             config=job["config"],
             run_id=job["run_id"],
@@ -843,6 +899,12 @@ class RunManager:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def _command_json(command: Command[Any]) -> dict[str, Any]:
+    """A Command as a queued job keeps it (its fields as given)."""
+    fields = {"resume": command.resume, "update": command.update, "goto": command.goto}
+    return {key: value for key, value in fields.items() if value not in (None, ())}
+
+
 def _log_dropped(record: dict[str, str]) -> bool:
     """A finished run whose log expired (a queued run has no log yet: not dropped)."""
     return record.get("log_exists") == "0" and record.get("status") in FINISHED
@@ -932,6 +994,7 @@ class RemoteRun:
         heartbeat: float | None = None,
         max_lag: int | None = None,
         max_batch: int = 512,
+        parts: bool = False,
     ) -> AsyncIterator[list[RemoteEntry]]:
         """Like :meth:`Run.follow`, over this worker's one mirror of the run's log."""
         mirror = self.mirrors.acquire(self)
@@ -944,6 +1007,7 @@ class RemoteRun:
                 heartbeat=heartbeat,
                 max_lag=max_lag,
                 max_batch=max_batch,
+                skip_parts=not parts,
             ):
                 yield batch
                 if batch and batch[-1].type in TERMINAL_TYPES:

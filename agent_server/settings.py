@@ -167,6 +167,13 @@ class Settings(BaseSettings):
         "The server's own origin is always allowed.",
     )
 
+    # LangGraph's HTTP API for its SDKs (docs/langgraph-api.md).
+    langgraph_api_prefix: str = Field(
+        "/langgraph",
+        pattern=r"^(/[A-Za-z0-9._~-]+)+$",
+        description="Where the LangGraph API is served; its clients use this as their URL.",
+    )
+
     # WebSocket sessions (docs/protocol.md, "WebSocket").
     ws_ping_interval: float = Field(20.0, gt=0, description="Seconds between app-level pings.")
     ws_idle_timeout: float = Field(

@@ -61,8 +61,13 @@ async def run_events(
     after: int = 0,
     id_prefix: bytes = b"",
     retry: bool = True,
+    render: Callable[[list[LogEntry] | list[RemoteEntry]], bytes] | None = None,
+    end: bytes = DONE,
 ) -> AsyncIterator[bytes]:
-    """The SSE body for a run: its frames after ``after``, live, then ``[DONE]``.
+    """The SSE body for a run: its frames after ``after``, live, then ``end``.
+
+    ``render`` replaces the native events (one per frame, see :func:`format_events`) with
+    another format; the LangGraph API's renders its parts, which it then also receives.
 
     A subscriber that falls too far behind gets a comment saying so and the stream ends
     *without* ``[DONE]``: the client reconnects with ``Last-Event-ID`` and resumes.
@@ -78,11 +83,15 @@ async def run_events(
                 heartbeat=streams.ping_interval,
                 max_lag=streams.max_lag,
                 max_batch=streams.max_batch,
+                parts=render is not None,
             ):
                 if not batch:
                     yield PING
                     continue
-                yield prefix + format_events(batch, id_prefix)
+                data = format_events(batch, id_prefix) if render is None else render(batch)
+                if not data:
+                    continue
+                yield prefix + data
                 prefix = b""
                 streams.frames_sent += len(batch)
                 if not run.finished:
@@ -102,7 +111,8 @@ async def run_events(
             return
         finally:
             run.subscribers -= 1
-    yield DONE
+    if end:
+        yield end
 
 
 class SendTimeout(Exception):

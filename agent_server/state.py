@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -14,6 +15,7 @@ from agent_server.metrics import Metrics
 from agent_server.runs import RunManager
 from agent_server.settings import Settings
 from agent_server.streams import Streams
+from agent_server.threads import MemoryThreads, ThreadRecords
 from agent_server.tools import ToolRegistry
 
 
@@ -30,3 +32,6 @@ class AppState:
     connections: ConnectionManager
     # client id -> agent_server.ws.Session (typed loosely: ws imports this module)
     sessions: dict[str, Any]
+    # what the LangGraph API keeps of threads besides their checkpoints
+    threads: ThreadRecords = field(default_factory=MemoryThreads)
+    started_at: float = field(default_factory=time.time)

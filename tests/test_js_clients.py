@@ -1,4 +1,6 @@
-"""The official JavaScript clients, run by Node against a live server (tests/js/)."""
+"""The official JavaScript clients, run by Node against a live server (tests/js/).
+
+LangGraph's JS client is run by tests/test_langgraph_api.py, beside its Python client."""
 
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ def node() -> str:
     reason = None
     if found is None:
         reason = "Node.js is not installed"
-    elif not all((JS / "node_modules" / p).is_dir() for p in ("@ag-ui/client", "ai")):
+    elif not all(
+        (JS / "node_modules" / p).is_dir()
+        for p in ("@ag-ui/client", "ai", "@langchain/langgraph-sdk")
+    ):
         reason = "tests/js has no node_modules: run `npm ci --prefix tests/js` (make test does)"
     if reason is not None:
         if os.environ.get("CI"):

@@ -347,3 +347,44 @@ def test_a_busy_thread_is_refused_on_every_worker(workers: tuple[str, str]) -> N
         client.post(f"{b}/runs/{first['run_id']}/cancel")
         again = client.post(f"{b}/runs", json={**body, "timeout": 0.2})
     assert again.status_code == 202  # free once the first ended
+
+
+def test_langgraph_clients_see_one_deployment(workers: tuple[str, str]) -> None:
+    """The LangGraph API over two workers: a thread made on A is B's too, a run started
+    on A is joined on B with every part (parts travel through Redis like frames)."""
+    from langgraph_sdk import get_sync_client
+
+    a, b = (get_sync_client(url=f"{url}/langgraph", api_key=None) for url in workers)
+    thread = a.threads.create(metadata={"deploy": "both"})
+    run = a.runs.create(
+        thread["thread_id"],
+        "agent",
+        input={"messages": [{"role": "user", "content": "what is 6*7?"}]},
+        stream_mode=["messages-tuple", "updates"],
+    )
+    parts = list(b.runs.join_stream(thread["thread_id"], run["run_id"], last_event_id="-1"))
+    assert parts[0].event == "metadata"
+    tool_results = [
+        p.data[0]["content"] for p in parts if p.event == "messages" and p.data[0]["type"] == "tool"
+    ]
+    assert tool_results == ["42"]
+    assert [next(iter(p.data)) for p in parts if p.event == "updates"] == [
+        "agent",
+        "tools",
+        "agent",
+    ]
+    state = b.threads.get_state(thread["thread_id"])
+    assert state["values"]["messages"][-1]["content"] == "The calculator tool returned 42."
+    assert [t["thread_id"] for t in b.threads.search(metadata={"deploy": "both"})] == [
+        thread["thread_id"]
+    ]
+    assert b.runs.get(thread["thread_id"], run["run_id"])["status"] == "success"
+
+    ticking = a.runs.create(
+        thread["thread_id"], "ticker", input={"messages": []}, stream_mode="custom"
+    )
+    for part in b.runs.join_stream(thread["thread_id"], ticking["run_id"], last_event_id="-1"):
+        if part.event == "custom":
+            break
+    b.runs.cancel(thread["thread_id"], ticking["run_id"], wait=True)
+    assert a.runs.get(thread["thread_id"], ticking["run_id"])["status"] == "interrupted"

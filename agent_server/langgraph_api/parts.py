@@ -1,0 +1,275 @@
+"""LangGraph's stream format, produced from the same ``astream_events`` v2 events as the
+native frames (see :mod:`agent_server.translate`).
+
+A run started through the LangGraph API carries :class:`PartOptions`; its driver hands
+every event to both translators, so one execution feeds native subscribers (frames)
+and LangGraph clients (:class:`~agent_server.frames.Part`, one per SSE event) from one
+log. Decisions:
+
+- Event names are LangGraph's: the mode (``messages-tuple`` is sent as ``messages``),
+  and for a part from inside a subgraph ``<mode>|<namespace>``, the namespace being
+  LangGraph's checkpoint namespace (``node:<task id>`` segments joined by ``|``). Such
+  parts are only sent with ``stream_subgraphs``.
+- ``messages-tuple`` follows LangGraph's own messages mode: every chunk a chat model
+  streams (tool-call chunks included) with the model call's metadata, then each message
+  a node returns that was neither streamed nor part of the node's input (a tool's
+  ``ToolMessage``, a message built by hand), once.
+- The legacy ``messages`` mode accumulates chunks per message id and sends
+  ``messages/metadata`` once, then ``messages/partial`` per chunk (the message so far),
+  and ``messages/complete`` for whole messages; never with a namespace suffix.
+- A model call's metadata is serialised once for all its parts, without the keys that
+  only repeat others (``checkpoint_ns``, ``lc_versions``) or are ours (``owner``): a
+  token's part is then about 780 bytes on the wire, of which the LangChain message dict
+  is a third.
+- Messages are LangChain's message dicts with every field (``None`` included), as
+  LangGraph's server sends them; they are built from the message's fields directly,
+  which costs a fraction of ``model_dump()`` on the token path.
+- ``values``, ``updates``, ``custom``, ``debug``, ``tasks`` and ``checkpoints`` pass the
+  graph's own stream chunks through; the last three are added to the driver's stream
+  modes only for runs that ask for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
+from langchain_core.runnables.schema import StreamEvent
+from langgraph.types import Command
+from pydantic import BaseModel
+
+from agent_server.frames import BaseFrame, Part, _json_default, dumps, now_ms
+from agent_server.translate import NOSTREAM_TAG, FrameFactory
+
+# What a client may ask for (LangGraph's names) and what the driver must stream for it.
+MODES = (
+    "values", "updates", "messages-tuple", "messages", "custom", "events", "debug",
+    "tasks", "checkpoints",
+)  # fmt: skip
+GRAPH_MODES = frozenset({"debug", "tasks", "checkpoints"})
+HIDDEN_TAG = "langsmith:hidden"
+
+
+def _default(obj: Any) -> Any:
+    """LangGraph's serialisation: messages and other models with every field."""
+    if isinstance(obj, BaseMessage):
+        return obj.__dict__  # pydantic keeps exactly the fields there
+    if isinstance(obj, BaseModel):
+        try:
+            return obj.model_dump(mode="json")
+        except Exception:
+            return obj.model_dump()
+    return _json_default(obj)
+
+
+def dumps_part(data: Any) -> bytes:
+    return dumps(data, default=_default)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartOptions:
+    """What a LangGraph client asked to receive; kept with queued jobs as JSON."""
+
+    modes: tuple[str, ...] = ("values",)
+    subgraphs: bool = False
+
+    def graph_modes(self) -> list[str]:
+        return [mode for mode in self.modes if mode in GRAPH_MODES]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"modes": list(self.modes), "subgraphs": self.subgraphs}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PartOptions:
+        return cls(tuple(data.get("modes") or ("values",)), bool(data.get("subgraphs")))
+
+
+def namespace(metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    """The namespace of the graph a task runs in: its checkpoint namespace without the
+    task's own segment (as LangGraph's messages mode computes it)."""
+    ns = metadata.get("langgraph_checkpoint_ns")
+    if not ns:
+        return ()
+    return tuple(ns.split("|"))[:-1]
+
+
+def _messages_in(value: Any) -> list[BaseMessage]:
+    """Messages in a node's input or output: a message, a list, or a state's fields."""
+    if isinstance(value, BaseMessage):
+        return [value]
+    if isinstance(value, Command):
+        return _messages_in(value.update)
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        found: list[BaseMessage] = []
+        for item in value:
+            if isinstance(item, BaseMessage):
+                found.append(item)
+            elif isinstance(item, Command):
+                found.extend(_messages_in(item.update))
+        return found
+    if isinstance(value, Mapping):
+        fields = list(value.values())
+    elif isinstance(value, BaseModel):
+        fields = [getattr(value, name) for name in type(value).model_fields]
+    else:
+        return []
+    found = []
+    for field in fields:
+        if isinstance(field, BaseMessage):
+            found.append(field)
+        elif isinstance(field, Sequence) and not isinstance(field, str):
+            found.extend(item for item in field if isinstance(item, BaseMessage))
+    return found
+
+
+# Metadata keys LangGraph's server would not send, or sends twice, on every message part:
+# the checkpoint namespace again, langchain-core's version, and our own bookkeeping.
+DROPPED_METADATA = frozenset({"checkpoint_ns", "lc_versions", "owner"})
+
+
+class Meta:
+    """One model call's (or node's) metadata, serialised once for all its parts."""
+
+    __slots__ = ("_json", "data", "ns")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.ns = namespace(data)
+        self._json: bytes | None = None
+
+    @property
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = dumps_part(self.data)
+        return self._json
+
+
+class PartTranslator:
+    """Turns one run's events into LangGraph stream parts for the modes asked for."""
+
+    def __init__(self, make: FrameFactory, options: PartOptions) -> None:
+        self.make = make
+        self.modes = frozenset(options.modes)
+        self.subgraphs = options.subgraphs
+        self.tuples = "messages-tuple" in self.modes
+        self.legacy = "messages" in self.modes
+        self.events = "events" in self.modes
+        self._messages = self.tuples or self.legacy
+        self._meta: dict[str, Meta] = {}  # model / node run id -> metadata
+        self._seen: set[str] = set()
+        self._partial: dict[str, BaseMessageChunk] = {}
+
+    def translate(self, event: StreamEvent) -> list[BaseFrame]:
+        parts: list[BaseFrame] = []
+        kind = event["event"]
+        if self.events:
+            parts.append(self._part("events", (), event))
+        if kind == "on_chain_stream":
+            if not event["parent_ids"]:
+                parts.extend(self._stream_chunk(event))
+        elif self._messages:
+            if kind == "on_chat_model_stream":
+                meta = self._meta.get(event["run_id"])
+                chunk = event["data"].get("chunk")
+                if meta is not None and isinstance(chunk, BaseMessage):
+                    parts.extend(self._emit(meta, chunk))
+            elif kind == "on_chat_model_start":
+                self._start_model(event)
+            elif kind == "on_chat_model_end":
+                meta = self._meta.pop(event["run_id"], None)
+                output = event["data"].get("output")
+                if meta is not None and isinstance(output, BaseMessage):
+                    parts.extend(self._emit(meta, output, dedupe=True))
+            elif kind == "on_chain_start":
+                self._start_node(event)
+            elif kind == "on_chain_end":
+                meta = self._meta.pop(event["run_id"], None)
+                if meta is not None:
+                    for message in _messages_in(event["data"].get("output")):
+                        parts.extend(self._emit(meta, message, dedupe=True))
+        return parts
+
+    def _part(self, mode: str, ns: Sequence[str], data: Any, *, raw: bytes | None = None) -> Part:
+        make = self.make
+        make.seq += 1
+        # Built without validation: every field is ours, and this is the token path.
+        return Part.model_construct(
+            run_id=make.run_id,
+            seq=make.seq,
+            ts=now_ms(),
+            event=f"{mode}|{'|'.join(ns)}" if ns else mode,
+            data=dumps_part(data) if raw is None else raw,
+        )
+
+    def _stream_chunk(self, event: StreamEvent) -> list[BaseFrame]:
+        chunk = event["data"].get("chunk")
+        if not isinstance(chunk, tuple) or len(chunk) != 3:
+            return []
+        ns, mode, payload = chunk
+        if mode not in self.modes or (ns and not self.subgraphs):
+            return []
+        return [self._part(mode, ns, payload)]
+
+    def _visible(self, metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if not metadata or (namespace(metadata) and not self.subgraphs):
+            return None
+        return {k: v for k, v in metadata.items() if k not in DROPPED_METADATA}
+
+    def _start_model(self, event: StreamEvent) -> None:
+        tags = event.get("tags") or []
+        if NOSTREAM_TAG in tags:
+            return
+        meta = self._visible(event.get("metadata"))
+        if meta is not None:
+            meta["tags"] = [tag for tag in tags if not tag.startswith(("seq:step", "graph:step"))]
+            self._meta[event["run_id"]] = Meta(meta)
+
+    def _start_node(self, event: StreamEvent) -> None:
+        metadata = event.get("metadata") or {}
+        if event["name"] != metadata.get("langgraph_node") or HIDDEN_TAG in (
+            event.get("tags") or ()
+        ):
+            return
+        meta = self._visible(metadata)
+        if meta is None:
+            return
+        self._meta[event["run_id"]] = Meta(meta)
+        for message in _messages_in(event["data"].get("input")):
+            if message.id is not None:
+                self._seen.add(message.id)
+
+    def _emit(self, meta: Meta, message: BaseMessage, *, dedupe: bool = False) -> list[BaseFrame]:
+        if message.id is None:
+            # As LangGraph does: the id is set on the node's own message object before
+            # its reducer sees it, so the part and the state name it alike.
+            message.id = str(uuid.uuid4())
+        elif dedupe and message.id in self._seen:
+            return []
+        self._seen.add(message.id)
+        parts: list[BaseFrame] = []
+        if self.tuples:
+            raw = b"[%b,%b]" % (dumps_part(message), meta.json)
+            parts.append(self._part("messages", meta.ns, None, raw=raw))
+        if self.legacy:
+            parts.extend(self._legacy(meta, message))
+        return parts
+
+    def _legacy(self, meta: Meta, message: BaseMessage) -> list[BaseFrame]:
+        ns = ()  # LangGraph's server never suffixes these with a namespace
+        key = message.id or ""
+        if not isinstance(message, BaseMessageChunk):
+            self._partial.pop(key, None)
+            return [self._part("messages/complete", ns, [message])]
+        parts: list[BaseFrame] = []
+        so_far = self._partial.get(key)
+        if so_far is None:
+            parts.append(self._part("messages/metadata", ns, {key: {"metadata": meta.data}}))
+            so_far = message
+        else:
+            so_far = so_far + message
+        self._partial[key] = so_far
+        parts.append(self._part("messages/partial", ns, [message_chunk_to_message(so_far)]))
+        return parts
