@@ -148,7 +148,60 @@ def _row(row: Any) -> dict[str, Any]:
     }
 
 
-class SqliteThreads:
+class SqlThreads:
+    """The statements both databases share; each subclass says how it runs them and how
+    its dialect spells parameters, JSON and a metadata merge."""
+
+    PARAM = "?"
+    JSON = "?"  # a JSON text parameter
+    MERGE = "json_patch(metadata, ?)"  # metadata merged with a JSON text parameter
+
+    async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("{p}", self.PARAM).replace("{json}", self.JSON)
+
+    async def create(
+        self, thread_id: str, owner: str | None, metadata: dict[str, Any], graph: str | None
+    ) -> dict[str, Any] | None:
+        now = time.time()
+        rows = await self._run(
+            self._sql(
+                "INSERT INTO agent_server_threads VALUES ({p}, {p}, {json}, {p}, {p}, {p}) "
+                f"ON CONFLICT (thread_id) DO NOTHING RETURNING {SQL_COLUMNS}"
+            ),
+            (thread_id, owner, orjson.dumps(metadata).decode(), graph, now, now),
+        )
+        return _row(rows[0]) if rows else None
+
+    async def get(self, thread_id: str) -> dict[str, Any] | None:
+        rows = await self._run(
+            self._sql(f"SELECT {SQL_COLUMNS} FROM agent_server_threads WHERE thread_id = {{p}}"),
+            (thread_id,),
+        )
+        return _row(rows[0]) if rows else None
+
+    async def touch(
+        self, thread_id: str, *, graph: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> None:
+        await self._run(
+            self._sql(
+                "UPDATE agent_server_threads SET updated_at = {p}, graph = COALESCE({p}, graph), "
+                f"metadata = {self.MERGE} WHERE thread_id = {{p}}"
+            ),
+            (time.time(), graph, orjson.dumps(metadata or {}).decode(), thread_id),
+        )
+
+    async def delete(self, thread_id: str) -> bool:
+        rows = await self._run(
+            self._sql("DELETE FROM agent_server_threads WHERE thread_id = {p} RETURNING thread_id"),
+            (thread_id,),
+        )
+        return bool(rows)
+
+
+class SqliteThreads(SqlThreads):
     """In the SQLite checkpoint file, on the saver's connection (and under its lock)."""
 
     SCHEMA = """CREATE TABLE IF NOT EXISTS agent_server_threads (
@@ -160,9 +213,7 @@ class SqliteThreads:
         self.lock = lock
 
     async def setup(self) -> None:
-        async with self.lock:
-            await self.conn.execute(self.SCHEMA)
-            await self.conn.commit()
+        await self._run(self.SCHEMA)
 
     async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         async with self.lock:
@@ -170,39 +221,6 @@ class SqliteThreads:
             rows = list(await cursor.fetchall())
             await self.conn.commit()
             return rows
-
-    async def create(
-        self, thread_id: str, owner: str | None, metadata: dict[str, Any], graph: str | None
-    ) -> dict[str, Any] | None:
-        now = time.time()
-        rows = await self._run(
-            "INSERT INTO agent_server_threads VALUES (?, ?, ?, ?, ?, ?) "
-            f"ON CONFLICT (thread_id) DO NOTHING RETURNING {SQL_COLUMNS}",
-            (thread_id, owner, orjson.dumps(metadata).decode(), graph, now, now),
-        )
-        return _row(rows[0]) if rows else None
-
-    async def get(self, thread_id: str) -> dict[str, Any] | None:
-        rows = await self._run(
-            f"SELECT {SQL_COLUMNS} FROM agent_server_threads WHERE thread_id = ?", (thread_id,)
-        )
-        return _row(rows[0]) if rows else None
-
-    async def touch(
-        self, thread_id: str, *, graph: str | None = None, metadata: dict[str, Any] | None = None
-    ) -> None:
-        await self._run(
-            "UPDATE agent_server_threads SET updated_at = ?, graph = COALESCE(?, graph), "
-            "metadata = json_patch(metadata, ?) WHERE thread_id = ?",
-            (time.time(), graph, orjson.dumps(metadata or {}).decode(), thread_id),
-        )
-
-    async def delete(self, thread_id: str) -> bool:
-        rows = await self._run(
-            "DELETE FROM agent_server_threads WHERE thread_id = ? RETURNING thread_id",
-            (thread_id,),
-        )
-        return bool(rows)
 
     async def search(
         self,
@@ -228,9 +246,12 @@ class SqliteThreads:
         return _page(found, sort_by, sort_order, limit, offset)
 
 
-class PostgresThreads:
+class PostgresThreads(SqlThreads):
     """Beside the checkpoints in PostgreSQL, shared by every worker."""
 
+    PARAM = "%s"
+    JSON = "%s::jsonb"
+    MERGE = "metadata || %s::jsonb"
     SCHEMA = (
         """CREATE TABLE IF NOT EXISTS agent_server_threads (
         thread_id TEXT PRIMARY KEY, owner TEXT, metadata JSONB NOT NULL DEFAULT '{}',
@@ -243,45 +264,12 @@ class PostgresThreads:
     def __init__(self, pool: Any) -> None:
         self.pool = pool
 
-    async def _run(self, sql: str, params: Any = None) -> list[Any]:
+    async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         async with self.pool.connection() as connection:
             cursor = await connection.execute(sql, params)
             if cursor.description is None:
                 return []
             return list(await cursor.fetchall())
-
-    async def create(
-        self, thread_id: str, owner: str | None, metadata: dict[str, Any], graph: str | None
-    ) -> dict[str, Any] | None:
-        now = time.time()
-        rows = await self._run(
-            "INSERT INTO agent_server_threads VALUES (%s, %s, %s::jsonb, %s, %s, %s) "
-            f"ON CONFLICT (thread_id) DO NOTHING RETURNING {SQL_COLUMNS}",
-            (thread_id, owner, orjson.dumps(metadata).decode(), graph, now, now),
-        )
-        return _row(rows[0]) if rows else None
-
-    async def get(self, thread_id: str) -> dict[str, Any] | None:
-        rows = await self._run(
-            f"SELECT {SQL_COLUMNS} FROM agent_server_threads WHERE thread_id = %s", (thread_id,)
-        )
-        return _row(rows[0]) if rows else None
-
-    async def touch(
-        self, thread_id: str, *, graph: str | None = None, metadata: dict[str, Any] | None = None
-    ) -> None:
-        await self._run(
-            "UPDATE agent_server_threads SET updated_at = %s, graph = COALESCE(%s, graph), "
-            "metadata = metadata || %s::jsonb WHERE thread_id = %s",
-            (time.time(), graph, orjson.dumps(metadata or {}).decode(), thread_id),
-        )
-
-    async def delete(self, thread_id: str) -> bool:
-        rows = await self._run(
-            "DELETE FROM agent_server_threads WHERE thread_id = %s RETURNING thread_id",
-            (thread_id,),
-        )
-        return bool(rows)
 
     async def search(
         self,

@@ -478,36 +478,34 @@ async def test_a_client_that_leaves_cancels_with_on_disconnect_cancel(client: An
     assert runs[0]["status"] == "interrupted"
 
 
-async def test_rollback_replaces_the_active_run_and_its_state(client: Any) -> None:
-    thread = await client.threads.create()
-    await client.runs.wait(thread["thread_id"], "slow", input=human("kept"))
+async def kept_then_running(client: Any) -> tuple[str, dict[str, Any]]:
+    """A thread with one finished turn ("kept") and a long run whose input is already in
+    the thread's state."""
+    thread = (await client.threads.create())["thread_id"]
+    await client.runs.wait(thread, "slow", input=human("kept"))
     words = " ".join(f"word{i}" for i in range(200))
-    first = await client.runs.create(thread["thread_id"], "slow", input=human(words))
-    async for part in client.runs.join_stream(
-        thread["thread_id"], first["run_id"], stream_mode="values"
-    ):
+    run = await client.runs.create(thread, "slow", input=human(words))
+    async for part in client.runs.join_stream(thread, run["run_id"], stream_mode="values"):
         if part.event == "values":
-            break  # the first run's input is in the thread's state now
+            break
+    return thread, run
+
+
+async def human_turns(client: Any, thread_id: str) -> list[str]:
+    state = await client.threads.get_state(thread_id)
+    return [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
+
+
+async def test_rollback_replaces_the_active_run_and_its_state(client: Any) -> None:
+    thread_id, _ = await kept_then_running(client)
     second = await client.runs.create(
-        thread["thread_id"], "slow", input=human("instead"), multitask_strategy="rollback"
+        thread_id, "slow", input=human("instead"), multitask_strategy="rollback"
     )
-    await client.runs.join(thread["thread_id"], second["run_id"])
-    state = await client.threads.get_state(thread["thread_id"])
-    humans = [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
-    assert humans == ["kept", "instead"]
+    await client.runs.join(thread_id, second["run_id"])
+    assert await human_turns(client, thread_id) == ["kept", "instead"]
 
 
 async def test_cancel_with_rollback_restores_the_state_before_the_run(client: Any) -> None:
-    thread = await client.threads.create()
-    await client.runs.wait(thread["thread_id"], "slow", input=human("kept"))
-    words = " ".join(f"word{i}" for i in range(200))
-    run = await client.runs.create(thread["thread_id"], "slow", input=human(words))
-    async for part in client.runs.join_stream(
-        thread["thread_id"], run["run_id"], stream_mode="values"
-    ):
-        if part.event == "values":
-            break
-    await client.runs.cancel(thread["thread_id"], run["run_id"], wait=True, action="rollback")
-    state = await client.threads.get_state(thread["thread_id"])
-    humans = [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
-    assert humans == ["kept"]
+    thread_id, run = await kept_then_running(client)
+    await client.runs.cancel(thread_id, run["run_id"], wait=True, action="rollback")
+    assert await human_turns(client, thread_id) == ["kept"]

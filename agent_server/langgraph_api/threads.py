@@ -265,30 +265,32 @@ async def thread_state_graph(
     return thread_graph(state, await open_thread(state, thread_id, request))
 
 
-@endpoint
-async def get_state(request: Request, state: AppState) -> Response:
+async def state_at(
+    state: AppState, request: Request, configurable: dict[str, Any], subgraphs: bool
+) -> Response:
+    """The thread's state at a checkpoint (the latest without one)."""
     thread_id = request.path_params["thread_id"]
     entry = await thread_state_graph(state, thread_id, request)
     if entry is None:
         return json_response(EMPTY_STATE)
-    checkpoint_id = request.path_params.get("checkpoint_id")
-    config = thread_config(thread_id, **({"checkpoint_id": checkpoint_id} if checkpoint_id else {}))
-    snapshot = await entry.graph.aget_state(config, subgraphs=truthy(request, "subgraphs"))
+    configurable = {k: v for k, v in configurable.items() if k != "thread_id"}
+    snapshot = await entry.graph.aget_state(
+        thread_config(thread_id, **configurable), subgraphs=subgraphs
+    )
     return json_response(snapshot_json(snapshot))
+
+
+@endpoint
+async def get_state(request: Request, state: AppState) -> Response:
+    checkpoint_id = request.path_params.get("checkpoint_id")
+    configurable = {"checkpoint_id": checkpoint_id} if checkpoint_id else {}
+    return await state_at(state, request, configurable, truthy(request, "subgraphs"))
 
 
 @endpoint
 async def post_state_checkpoint(request: Request, state: AppState) -> Response:
-    thread_id = request.path_params["thread_id"]
     body = await parse(request, state, StateAt)
-    entry = await thread_state_graph(state, thread_id, request)
-    if entry is None:
-        return json_response(EMPTY_STATE)
-    configurable = {k: v for k, v in body.checkpoint.items() if k != "thread_id"}
-    snapshot = await entry.graph.aget_state(
-        thread_config(thread_id, **configurable), subgraphs=body.subgraphs
-    )
-    return json_response(snapshot_json(snapshot))
+    return await state_at(state, request, body.checkpoint, body.subgraphs)
 
 
 @endpoint
