@@ -55,6 +55,8 @@ class RunRecords(Protocol):
 
     async def thread_runs(self, thread_id: str) -> list[dict[str, Any]]: ...
 
+    async def delete(self, run_id: str) -> None: ...
+
 
 class NoRecords:
     durable = False
@@ -64,6 +66,9 @@ class NoRecords:
 
     async def thread_runs(self, thread_id: str) -> list[dict[str, Any]]:
         return []
+
+    async def delete(self, run_id: str) -> None:
+        return None
 
 
 class PostgresRecords:
@@ -84,3 +89,7 @@ class PostgresRecords:
                 (thread_id,),
             )
             return [dict(row) for row in await cursor.fetchall()]
+
+    async def delete(self, run_id: str) -> None:
+        async with self.pool.connection() as connection:
+            await connection.execute("DELETE FROM agent_server_runs WHERE run_id = %s", (run_id,))

@@ -669,6 +669,19 @@ class RunManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def forget(self, run: Run | RemoteRun) -> None:
+        """Delete a finished run: from memory, the database and the shared broker. Unlike
+        a run dropped by retention it leaves no tombstone: it is unknown (404), not gone."""
+        if self.runs.pop(run.run_id, None) is not None:
+            ids = self._threads.get(run.thread_id)
+            if ids is not None and run.run_id in ids:
+                ids.remove(run.run_id)
+                if not ids:
+                    del self._threads[run.thread_id]
+        await self.records.delete(run.run_id)
+        if self.broker.shared:
+            await self.broker.expire(run.run_id, 0, 0)
+
     async def all_thread_runs(self, thread_id: str) -> list[dict[str, Any]]:
         """A thread's runs from every worker and from before a restart (newest status
         from memory where this worker has the run)."""

@@ -309,6 +309,11 @@ async def test_enqueued_runs_take_turns(client: Any) -> None:
     humans = [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
     assert humans == ["one two three", "four"]
     assert (await client.runs.get(thread["thread_id"], first["run_id"]))["status"] == "success"
+    await client.runs.delete(thread["thread_id"], first["run_id"])
+    listed = await client.runs.list(thread["thread_id"])
+    assert [r["run_id"] for r in listed] == [second["run_id"]]
+    with pytest.raises(NotFoundError):
+        await client.runs.get(thread["thread_id"], first["run_id"])
 
 
 async def test_stateless_runs(client: Any) -> None:

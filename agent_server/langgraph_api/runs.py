@@ -386,4 +386,6 @@ async def delete_run(request: Request, state: AppState) -> Response:
     run = await thread_run(request, state)
     if not run.finished:
         raise APIError(409, f"Run {run.run_id} is still {STATUS[run.status]}", "run_active")
+    await state.runs.settled(run)
+    await state.runs.forget(run)
     return Response(status_code=204)
