@@ -34,8 +34,8 @@ test-langgraph-dev: install js
 	tests/langgraph_dev/run.sh
 
 lint: install
-	$(BIN)/ruff check agent_server tests graphs tools bench
-	$(BIN)/ruff format --check agent_server tests graphs tools bench
+	$(BIN)/ruff check agent_server tests graphs tools bench examples
+	$(BIN)/ruff format --check agent_server tests graphs tools bench examples
 	$(BIN)/mypy agent_server
 
 bench: install

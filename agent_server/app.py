@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,17 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "internal server error")
 
 
+# agent-server's errors as JSON responses; a host app that starts runs from its own
+# routes registers them too (docs/embedding.md).
+error_handlers: dict[Any, Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
+    RequestError: _request_error,
+    RunRejected: rejected,
+    Forbidden: _forbidden,
+    ValidationError: _validation_error,
+    UnknownGraphError: _unknown_graph,
+}
+
+
 def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None = None) -> Starlette:
     """The ASGI app. ``tools`` lets an embedding program share its own tool registry."""
     settings = settings or Settings()
@@ -192,11 +203,7 @@ def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None =
         ],
         lifespan=lifespan,
         exception_handlers={
-            RequestError: _request_error,
-            RunRejected: rejected,
-            Forbidden: _forbidden,
-            ValidationError: _validation_error,
-            UnknownGraphError: _unknown_graph,
+            **error_handlers,
             HTTPException: _http_error,
             Exception: _server_error,
         },

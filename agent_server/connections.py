@@ -24,6 +24,21 @@ from agent_server.frames import dumps
 SendText = Callable[[str], Awaitable[None]]
 
 
+def presence_message(thread_id: str, connection: Connection, event: str) -> dict[str, Any]:
+    """A ``presence`` message without its ``members`` (each transport adds those)."""
+    return {
+        "type": "presence",
+        "thread_id": thread_id,
+        "event": event,
+        "client_id": connection.client_id,
+        "user": connection.user_id,
+    }
+
+
+def member_info(connection: Connection) -> dict[str, Any]:
+    return {"client_id": connection.client_id, "user": connection.user_id}
+
+
 def frames_message(datas: list[bytes]) -> str:
     """One frame as an object, several ready at once as an array: one message either way."""
     if len(datas) == 1:
@@ -48,11 +63,14 @@ class Connection:
     def user_id(self) -> str | None:
         return self.user.id if self.user is not None else None
 
-    async def send(self, message: dict[str, Any] | bytes) -> None:
-        """Send one JSON message; raises ``TimeoutError`` if the peer stops reading."""
-        data = message if isinstance(message, bytes) else dumps(message)
+    async def send(self, message: dict[str, Any] | bytes | str) -> None:
+        """Send one JSON message (a dict, or its JSON already); raises ``TimeoutError``
+        if the peer stops reading."""
+        if isinstance(message, dict):
+            message = dumps(message)
+        text = message.decode() if isinstance(message, bytes) else message
         async with asyncio.timeout(self.send_timeout):
-            await self.send_text(data.decode())
+            await self.send_text(text)
 
     async def send_frames(self, datas: list[bytes]) -> None:
         """One batch of encoded frames as one message (see :func:`frames_message`)."""
@@ -112,46 +130,68 @@ class ConnectionManager:
         return [self.clients[c] for c in self.rooms.get(thread_id, ()) if c in self.clients]
 
     async def join(self, connection: Connection, thread_id: str) -> None:
-        self.rooms.setdefault(thread_id, set()).add(connection.client_id)
-        connection.rooms.add(thread_id)
+        await self.enter(connection, thread_id)
         self.watch(connection, thread_id)
-        if self.broker is not None:
-            info = {"client_id": connection.client_id, "user": connection.user_id}
-            await self.broker.room_join(
-                thread_id, connection.client_id, dumps({**info, "worker": self.worker}).decode()
-            )
         await self.presence(thread_id, connection, "join")
 
     async def leave(self, connection: Connection, thread_id: str) -> None:
+        if await self.exit(connection, thread_id):
+            if thread_id not in connection.threads:
+                self._unwatch(connection.client_id, thread_id)
+            await self.presence(thread_id, connection, "leave")
+
+    async def enter(self, connection: Connection, thread_id: str) -> None:
+        """Membership only (here and, when shared, in the broker); no presence, no runs.
+
+        :meth:`join` adds those; a transport with its own fan-out (the Channels
+        consumer's groups) uses this and announces presence itself.
+        """
+        self.rooms.setdefault(thread_id, set()).add(connection.client_id)
+        connection.rooms.add(thread_id)
+        if self.broker is not None:
+            info = {**member_info(connection), "worker": self.worker}
+            await self.broker.room_join(thread_id, connection.client_id, dumps(info).decode())
+
+    async def exit(self, connection: Connection, thread_id: str) -> bool:
+        """The opposite of :meth:`enter`; False if it was not a member."""
         members = self.rooms.get(thread_id)
         if members is not None:
             members.discard(connection.client_id)
             if not members:
                 del self.rooms[thread_id]
-        if thread_id in connection.rooms:
-            connection.rooms.discard(thread_id)
-            if thread_id not in connection.threads:
-                self._unwatch(connection.client_id, thread_id)
-            if self.broker is not None:
-                await self.broker.room_leave(thread_id, connection.client_id)
-            await self.presence(thread_id, connection, "leave")
+        if thread_id not in connection.rooms:
+            return False
+        connection.rooms.discard(thread_id)
+        if self.broker is not None:
+            await self.broker.room_leave(thread_id, connection.client_id)
+        return True
 
     async def presence(self, thread_id: str, connection: Connection, event: str) -> None:
-        message: dict[str, Any] = {
-            "type": "presence",
-            "thread_id": thread_id,
-            "event": event,
-            "client_id": connection.client_id,
-            "user": connection.user_id,
-        }
+        message = presence_message(thread_id, connection, event)
         if self.broker is not None:
             await self.broker.publish_presence(dumps(message))  # see relay_presence
             return
         members = self.members(thread_id)
-        message["members"] = [
-            {"client_id": member.client_id, "user": member.user_id} for member in members
-        ]
+        message["members"] = [member_info(member) for member in members]
         await self.broadcast(message, members)
+
+    async def member_list(self, thread_id: str) -> list[dict[str, Any]]:
+        """``[{client_id, user}]`` of a room: this worker's members, or, with a shared
+        broker, every live worker's (members of a worker that died are dropped)."""
+        if self.broker is None:
+            return [member_info(member) for member in self.members(thread_id)]
+        members = []
+        alive: dict[str, bool] = {}
+        for member, info in (await self.broker.room_members(thread_id)).items():
+            entry = orjson.loads(info)
+            worker = entry.pop("worker", "")
+            if worker not in alive:
+                alive[worker] = worker == self.worker or await self.broker.is_alive(worker)
+            if alive[worker]:
+                members.append(entry)
+            else:  # its worker died without saying goodbye
+                await self.broker.room_leave(thread_id, member)
+        return members
 
     async def relay_presence(self) -> None:
         """Presence from every worker to this worker's members (lifespan task)."""
@@ -160,20 +200,9 @@ class ConnectionManager:
             message = orjson.loads(raw)
             thread_id = message["thread_id"]
             local = self.members(thread_id)
-            if not local:
-                continue
-            members = []
-            alive: dict[str, bool] = {}
-            for member, info in (await self.broker.room_members(thread_id)).items():
-                entry = orjson.loads(info)
-                worker = entry.pop("worker", "")
-                if worker not in alive:
-                    alive[worker] = worker == self.worker or await self.broker.is_alive(worker)
-                if alive[worker]:
-                    members.append(entry)
-                else:  # its worker died without saying goodbye
-                    await self.broker.room_leave(thread_id, member)
-            await self.broadcast({**message, "members": members}, local)
+            if local:
+                members = await self.member_list(thread_id)
+                await self.broadcast({**message, "members": members}, local)
 
     # -- thread watchers (rooms and plain subscriptions) -----------------------------------
 

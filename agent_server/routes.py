@@ -18,6 +18,7 @@ import asyncio
 import functools
 import os
 import uuid
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any, overload
 
@@ -60,8 +61,15 @@ async def parse_run_request(request: Request, state: AppState) -> RunRequest:
 
 def query_run_request(request: Request, state: AppState) -> RunRequest:
     """``GET /runs/stream`` takes the same fields as query parameters (for EventSource)."""
-    params = request.query_params
-    if len(str(request.url.query)) > state.settings.max_body_bytes:
+    return run_request_from_query(
+        request.query_params, len(str(request.url.query)), state.settings.max_body_bytes
+    )
+
+
+def run_request_from_query(params: Mapping[str, str], length: int, limit: int) -> RunRequest:
+    """A run request from query parameters (``input``, ``config``, ``timeout`` as JSON
+    text), whatever framework parsed them; ``length`` is the raw query's."""
+    if length > limit:
         raise RequestError(413, "body_too_large", "query string too large")
     data: dict[str, Any] = {
         key: params[key]
@@ -94,9 +102,27 @@ async def start_run(
 ) -> Run | RemoteRun:
     """Start a run here, or with ``queue`` and a shared broker, on whichever worker
     takes it from the queue first (background runs)."""
+    return await launch_run(state, body, user_id(request.scope), queue=queue)
+
+
+@overload
+async def launch_run(state: AppState, body: RunRequest, owner: str | None) -> Run: ...
+
+
+@overload
+async def launch_run(
+    state: AppState, body: RunRequest, owner: str | None, *, queue: bool
+) -> Run | RemoteRun: ...
+
+
+async def launch_run(
+    state: AppState, body: RunRequest, owner: str | None, *, queue: bool = False
+) -> Run | RemoteRun:
+    """:func:`start_run` for a caller already identified (``owner``: a user id, or None
+    without authentication), e.g. by the framework an app embeds agent-server in."""
     if body.thread_id is not None:
         await state.runs.load_thread_owner(body.thread_id, state.graphs.get(body.graph))
-    run = new_run(state, body, request)
+    run = build_run(state, body, owner)
     if queue and state.runs.broker.shared:
         return await state.runs.enqueue(run, body.multitask_strategy)
     state.runs.submit(run, body.multitask_strategy)
@@ -105,9 +131,13 @@ async def start_run(
 
 
 def new_run(state: AppState, body: RunRequest, request: Request) -> Run:
+    return build_run(state, body, user_id(request.scope))
+
+
+def build_run(state: AppState, body: RunRequest, owner: str | None) -> Run:
     entry = state.graphs.get(body.graph)
     return Run(
-        owner=user_id(request.scope),
+        owner=owner,
         on_disconnect=body.on_disconnect or "continue",
         graph=entry,
         input=body.graph_input(),
@@ -136,6 +166,18 @@ def stream_response(
     on_disconnect: str = "continue",
     grace: float = 0.0,
 ) -> SSEResponse:
+    return SSEResponse(
+        run_events(run, state.streams, after=after, id_prefix=id_prefix),
+        headers=stream_headers(run),
+        on_disconnect=client_gone(run, on_disconnect, grace),
+        send_timeout=state.streams.send_timeout,
+    )
+
+
+def client_gone(run: Run | RemoteRun, on_disconnect: str, grace: float) -> Callable[[], None]:
+    """What to do when a stream's client disconnects: nothing (``continue``), cancel the
+    run, or, with ``grace``, cancel it if nobody follows it ``grace`` seconds later."""
+
     def disconnected() -> None:
         if on_disconnect != "cancel" or run.finished:
             return
@@ -149,12 +191,7 @@ def stream_response(
 
         asyncio.get_running_loop().call_later(grace, cancel_if_unwatched)
 
-    return SSEResponse(
-        run_events(run, state.streams, after=after, id_prefix=id_prefix),
-        headers=stream_headers(run),
-        on_disconnect=disconnected,
-        send_timeout=state.streams.send_timeout,
-    )
+    return disconnected
 
 
 def stream_headers(run: Run | RemoteRun) -> dict[str, str]:
@@ -184,21 +221,15 @@ async def get_runs_stream(request: Request) -> Response:
     state = app_state(request)
     resume = last_event_id(request)
     if resume is not None:  # EventSource reconnecting: never start a new run
-        run_id, sep, seq_text = resume.rpartition(":")
-        if not sep:
-            raise RequestError(
-                400, "invalid_last_event_id", "Last-Event-ID must be '<run_id>:<seq>' here"
-            )
-        seq = parse_seq(seq_text, "Last-Event-ID")
-        run = await state.runs.find(run_id)
-        if run is None or (run.finished and seq >= run.last_seq):
+        found = await reconnecting_run(state, resume, user_id(request.scope))
+        if found is None:
             return Response(status_code=204)
-        state.runs.check_run(run, user_id(request.scope))
+        run, seq = found
         return stream_response(
             state,
             run,
             after=seq,
-            id_prefix=run_id.encode() + b":",
+            id_prefix=run.run_id.encode() + b":",
             on_disconnect=run.on_disconnect,
             grace=state.settings.reconnect_grace,
         )
@@ -214,6 +245,24 @@ async def get_runs_stream(request: Request) -> Response:
     )
 
 
+async def reconnecting_run(
+    state: AppState, last_event_id: str, owner: str | None
+) -> tuple[Run | RemoteRun, int] | None:
+    """The run and seq an EventSource's ``Last-Event-ID`` (``<run_id>:<seq>``) resumes
+    from; None when there is nothing more to send (answer 204, which stops it)."""
+    run_id, sep, seq_text = last_event_id.rpartition(":")
+    if not sep:
+        raise RequestError(
+            400, "invalid_last_event_id", "Last-Event-ID must be '<run_id>:<seq>' here"
+        )
+    seq = parse_seq(seq_text, "Last-Event-ID")
+    run = await state.runs.find(run_id)
+    if run is None or (run.finished and seq >= run.last_seq):
+        return None
+    state.runs.check_run(run, owner)
+    return run, seq
+
+
 async def post_runs(request: Request) -> Response:
     state = app_state(request)
     run = await start_run(state, await parse_run_request(request, state), request, queue=True)
@@ -225,7 +274,17 @@ async def post_runs_wait(request: Request) -> Response:
     state = app_state(request)
     body = await parse_run_request(request, state)
     run = await start_run(state, body, request)
-    # Starlette does not cancel a plain handler when its client leaves: watch for it.
+    if not await finished_unless_gone(request, run):
+        if (body.on_disconnect or "cancel") == "cancel":
+            run.cancel("cancelled", "the client disconnected")
+        return Response(status_code=499)  # nobody is listening any more
+    await state.runs.settled(run)
+    return JSONResponse(run.result())
+
+
+async def finished_unless_gone(request: Request, run: Run | RemoteRun) -> bool:
+    """Wait for the run to finish; False if the client left first. Starlette does not
+    cancel a plain handler when its client leaves, so this watches for it."""
     finished = asyncio.ensure_future(run.wait())
     left = asyncio.ensure_future(_disconnected(request))
     try:
@@ -233,12 +292,7 @@ async def post_runs_wait(request: Request) -> Response:
     finally:
         left.cancel()
         finished.cancel()
-    if not run.finished:
-        if (body.on_disconnect or "cancel") == "cancel":
-            run.cancel("cancelled", "the client disconnected")
-        return Response(status_code=499)  # nobody is listening any more
-    await state.runs.settled(run)
-    return JSONResponse(run.result())
+    return run.finished
 
 
 async def _disconnected(request: Request) -> None:

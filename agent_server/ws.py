@@ -20,6 +20,15 @@ Decisions (read before changing):
   4500-4999 "do not reconnect" (as Centrifugo does); standard codes keep their meaning.
 - ``resume`` answers an interrupt by starting the continuation as a new run on the same
   thread (``Command(resume=value)``), with its own ``run_id`` and ``run_start``.
+- The protocol does not know what carries it: a :class:`Session` takes a ``send_text``
+  and a ``close`` callable and is fed messages with :meth:`Session.receive`. Starlette's
+  WebSocket (:func:`websocket_endpoint`, below) and the Django Channels consumer
+  (:mod:`agent_server.contrib.django`) are two thin transports over it. Accepting the
+  socket and authenticating its user are the transport's job, so that each can use its
+  framework's own (a bearer token here, the Django session there).
+- Rooms fan out in-process (and across workers through the broker) by default; a
+  transport with its own fan-out overrides :meth:`Session.join`, :meth:`Session.leave`,
+  :meth:`Session.watch` and :meth:`Session.unwatch`.
 """
 
 from __future__ import annotations
@@ -29,15 +38,16 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import orjson
 from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketState
 
 from agent_server.auth import SUBPROTOCOL, User
-from agent_server.connections import Connection, ConnectionManager
+from agent_server.connections import Connection, ConnectionManager, SendText
 from agent_server.graphs import UnknownGraphError
 from agent_server.runs import (
     Forbidden,
@@ -52,7 +62,6 @@ from agent_server.state import AppState
 
 logger = logging.getLogger("agent_server.ws")
 
-CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # authentication failed; rate limit exceeded
 CLOSE_TOO_BIG = 1009
 CLOSE_IDLE = 4001  # no message or pong within the idle timeout: reconnect
@@ -126,11 +135,7 @@ class ClientError(Exception):
         self.message = message
 
 
-class CloseSocket(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+Close = Callable[[int, str], Awaitable[None]]
 
 
 class TokenBucket:
@@ -153,72 +158,63 @@ class TokenBucket:
 
 
 class Session:
-    """One socket's life: accept, read messages, follow runs, heartbeat, clean up."""
+    """One socket's protocol, whatever carries it: messages in, frames and replies out.
 
-    def __init__(self, websocket: WebSocket, state: AppState) -> None:
-        self.websocket = websocket
+    A transport accepts and authenticates the socket, then calls :meth:`open`, feeds
+    each client message to :meth:`receive` while :attr:`closing` is ``None``, and calls
+    :meth:`end` once the socket is gone, however it went.
+    """
+
+    def __init__(
+        self, state: AppState, *, send_text: SendText, close: Close, user: User | None
+    ) -> None:
         self.state = state
         self.settings = state.settings
         self.connections: ConnectionManager = state.connections
-        user = websocket.scope.get("user")
         self.connection = Connection(
-            send_text=websocket.send_text,
-            user=user if isinstance(user, User) else None,
-            send_timeout=state.streams.send_timeout,
+            send_text=send_text, user=user, send_timeout=state.streams.send_timeout
         )
+        self._close = close
+        self.bucket = TokenBucket(self.settings.ws_rate_limit, self.settings.ws_rate_burst)
         self.reserved: set[str] = set()  # runs this socket will follow once acknowledged
         self.explicit: set[str] = set()  # runs it started or subscribed to by run id
         self.last_heard = time.monotonic()
-        self.closing: tuple[int, str] | None = None
+        self.closing: tuple[int, str] | None = None  # set once the session is closing
+        self.closed = False  # the close was sent
+        self.ended = False
 
-    async def serve(self) -> None:
-        websocket = self.websocket
-        # Only a protocol the client offered may be selected (RFC 6455): a client that
-        # sends its token as ``bearer.<token>`` offers ``agent-server.v1`` beside it.
-        offered = websocket.scope.get("subprotocols") or []
-        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-        auth_error = websocket.scope.get("auth_error")
-        if auth_error:
-            await websocket.close(CLOSE_POLICY, f"unauthorized: {auth_error}")
-            return
-        origin = websocket.headers.get("origin")
-        if origin is not None and not origin_allowed(
-            origin, websocket.headers.get("host", ""), self.settings.cors_origins
-        ):
-            await websocket.close(CLOSE_POLICY, f"origin not allowed: {origin}")
-            return
+    async def open(self) -> None:
+        """Register the socket (rooms, fan-out, cleanup) and start the heartbeat."""
+        self.state.sessions[self.connection.client_id] = self
         self.connections.add(self.connection)
-        heartbeat = self.connection.spawn(self.heartbeat(), "ws-heartbeat")
-        try:
-            await self.receive_loop()
-        except WebSocketDisconnect:
-            pass
-        except CloseSocket as close:
-            self.closing = (close.code, close.reason)
-        finally:
-            heartbeat.cancel()
-            await self.connections.remove(self.connection)
-            if self.closing is not None:
-                await self.close_now(*self.closing)
+        self.connection.spawn(self.heartbeat(), "ws-heartbeat")
 
-    async def receive_loop(self) -> None:
-        bucket = TokenBucket(self.settings.ws_rate_limit, self.settings.ws_rate_burst)
+    async def receive(self, raw: str | bytes) -> None:
+        """One client message: the size and rate limits, then the protocol."""
+        if self.closing is not None:
+            return
+        self.last_heard = time.monotonic()
         limit = self.settings.ws_max_message_bytes
-        while self.closing is None:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(message.get("code", CLOSE_NORMAL))
-            raw: str | bytes | None = message.get("text")
-            if raw is None:
-                raw = message.get("bytes") or b""
-            self.last_heard = time.monotonic()
-            size = len(raw.encode() if isinstance(raw, str) else raw)
-            if size > limit:
-                raise CloseSocket(CLOSE_TOO_BIG, f"message of {size} bytes exceeds {limit}")
-            if not bucket.take():
-                raise CloseSocket(CLOSE_POLICY, "rate limit exceeded")
+        size = len(raw.encode() if isinstance(raw, str) else raw)
+        if size > limit:
+            self.closing = (CLOSE_TOO_BIG, f"message of {size} bytes exceeds {limit}")
+        elif not self.bucket.take():
+            self.closing = (CLOSE_POLICY, "rate limit exceeded")
+        else:
             await self.handle(raw)
-        raise CloseSocket(*self.closing)
+        if self.closing is not None:
+            await self.end()
+
+    async def end(self) -> None:
+        """Forget the socket everywhere and stop its tasks, then send the close the
+        session decided on, if any (cleanup first: nothing is sent after the close)."""
+        if self.ended:
+            return
+        self.ended = True
+        await self.connections.remove(self.connection)
+        self.state.sessions.pop(self.connection.client_id, None)
+        if self.closing is not None:
+            await self.close_now(*self.closing)
 
     async def handle(self, raw: str | bytes) -> None:
         request_type: str | None = None
@@ -265,10 +261,12 @@ class Session:
         await self.send(body)
 
     async def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
         try:
             await self.connection.send(message)
         except TimeoutError:
-            self.closing = (CLOSE_SLOW, "too slow to keep up; reconnect and resume")
+            await self.close_soon(CLOSE_SLOW, "too slow to keep up; reconnect and resume")
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -287,11 +285,9 @@ class Session:
         elif isinstance(message, RoomMessage):
             await self.check_thread(message.thread_id)
             if message.type == "join":
-                await self.connections.join(self.connection, message.thread_id)
-                self.follow_thread(message.thread_id)
+                await self.join(message.thread_id)
             else:
-                await self.connections.leave(self.connection, message.thread_id)
-                self.unfollow_thread(message.thread_id)
+                await self.leave(message.thread_id)
         elif isinstance(message, PingMessage) and message.type == "ping":
             await self.send({"type": "pong", "id": message.id, "ts": _now_ms()})
 
@@ -387,9 +383,7 @@ class Session:
             else:
                 assert message.thread_id is not None
                 await self.check_thread(message.thread_id)
-                self.connection.threads.add(message.thread_id)
-                self.connections.watch(self.connection, message.thread_id)
-                self.follow_thread(message.thread_id)
+                await self.watch(message.thread_id)
                 await self.send({"type": "subscribed", "thread_id": message.thread_id})
             return
         if message.run_id is not None:
@@ -400,9 +394,29 @@ class Session:
             await self.send({"type": "unsubscribed", "run_id": message.run_id})
         else:
             assert message.thread_id is not None
-            self.connections.unwatch(self.connection, message.thread_id)
-            self.unfollow_thread(message.thread_id)
+            await self.unwatch(message.thread_id)
             await self.send({"type": "unsubscribed", "thread_id": message.thread_id})
+
+    # -- rooms and thread subscriptions ------------------------------------------------
+
+    async def join(self, thread_id: str) -> None:
+        """Enter the thread's room: presence, and every run on it, whoever started it."""
+        await self.connections.join(self.connection, thread_id)
+        self.follow_thread(thread_id)
+
+    async def leave(self, thread_id: str) -> None:
+        await self.connections.leave(self.connection, thread_id)
+        self.unfollow_thread(thread_id)
+
+    async def watch(self, thread_id: str) -> None:
+        """Every run on the thread, without presence (``subscribe`` with ``thread_id``)."""
+        self.connection.threads.add(thread_id)
+        self.connections.watch(self.connection, thread_id)
+        self.follow_thread(thread_id)
+
+    async def unwatch(self, thread_id: str) -> None:
+        self.connections.unwatch(self.connection, thread_id)
+        self.unfollow_thread(thread_id)
 
     # -- following runs ----------------------------------------------------------------
 
@@ -458,21 +472,24 @@ class Session:
             streams.dropped_slow += 1
             await self.close_soon(CLOSE_SLOW, "too slow to keep up; reconnect and resume")
         except Exception:
-            # The socket went away (the receive loop cleans up) or sending failed.
+            # The socket went away (its transport calls end()) or sending failed.
             logger.debug("stopped following run %s", run.run_id, exc_info=True)
         finally:
             if self.connection.followers.get(run.run_id) is asyncio.current_task():
                 del self.connection.followers[run.run_id]
 
     async def close_soon(self, code: int, reason: str) -> None:
-        """Close from a helper task: the receive loop is blocked in receive()."""
+        """Close at once (from a helper task, or a send that timed out); the transport
+        then sees the socket go and calls :meth:`end`."""
         self.closing = (code, reason)
         await self.close_now(code, reason)
 
     async def close_now(self, code: int, reason: str) -> None:
-        if self.websocket.client_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):  # the peer may be gone already
-                await self.websocket.close(code, reason)
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):  # the peer may be gone already
+            await self._close(code, reason)
 
     async def heartbeat(self) -> None:
         interval = self.settings.ws_ping_interval
@@ -530,10 +547,44 @@ def fan_out_remote(
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
+    """``/ws`` on Starlette: accept, authenticate (see :class:`~agent_server.auth.AuthMiddleware`),
+    check the page's origin, then feed the session until the socket goes."""
     state: AppState = websocket.app.state.agent_server
-    session = Session(websocket, state)
-    state.sessions[session.connection.client_id] = session
+    # Only a protocol the client offered may be selected (RFC 6455): a client that
+    # sends its token as ``bearer.<token>`` offers ``agent-server.v1`` beside it.
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    auth_error = websocket.scope.get("auth_error")
+    if auth_error:
+        await websocket.close(CLOSE_POLICY, f"unauthorized: {auth_error}")
+        return
+    origin = websocket.headers.get("origin")
+    if origin is not None and not origin_allowed(
+        origin, websocket.headers.get("host", ""), state.settings.cors_origins
+    ):
+        await websocket.close(CLOSE_POLICY, f"origin not allowed: {origin}")
+        return
+
+    async def close(code: int, reason: str) -> None:
+        if websocket.client_state is WebSocketState.CONNECTED:
+            await websocket.close(code, reason)
+
+    user = websocket.scope.get("user")
+    session = Session(
+        state,
+        send_text=websocket.send_text,
+        close=close,
+        user=user if isinstance(user, User) else None,
+    )
+    await session.open()
     try:
-        await session.serve()
+        while session.closing is None:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            raw: str | bytes | None = message.get("text")
+            if raw is None:
+                raw = message.get("bytes") or b""
+            await session.receive(raw)
     finally:
-        state.sessions.pop(session.connection.client_id, None)
+        await session.end()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
+from httpx_sse import connect_sse
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.pregel import Pregel
 
@@ -35,3 +37,12 @@ def user(text: str) -> dict[str, Any]:
 
 def types(frames: list[BaseFrame]) -> list[str]:
     return [frame.type for frame in frames]
+
+
+def sse_json(client: Any, method: str, url: str, **kwargs: Any) -> list[Any]:
+    """The frames of a whole SSE stream (``[DONE]`` checked and left out), via httpx-sse."""
+    with connect_sse(client, method, url, **kwargs) as source:
+        assert source.response.status_code == 200, source.response.read()
+        data = [event.data for event in source.iter_sse()]
+    assert data[-1] == "[DONE]"
+    return [json.loads(item) for item in data[:-1]]

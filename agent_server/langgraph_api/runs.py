@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -26,6 +25,7 @@ from agent_server.langgraph_api.parts import PartOptions
 from agent_server.langgraph_api.schemas import RunCreate
 from agent_server.langgraph_api.stream import resume_from, stream, wanted_modes
 from agent_server.langgraph_api.threads import interrupt_json, open_thread
+from agent_server.routes import finished_unless_gone
 from agent_server.runs import RemoteRun, Run, RunStatus
 from agent_server.state import AppState
 
@@ -254,24 +254,12 @@ async def final_values(state: AppState, run: Run | RemoteRun) -> Any:
 
 
 async def wait_for(request: Request, state: AppState, run: Run | RemoteRun, cancel: bool) -> Any:
-    finished = asyncio.ensure_future(run.wait())
-    left = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({finished, left}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        left.cancel()
-        finished.cancel()
-    if not run.finished:
+    if not await finished_unless_gone(request, run):
         if cancel:
             run.cancel("cancelled", "the client disconnected")
         return None
     await state.runs.settled(run)
     return await final_values(state, run)
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 @endpoint

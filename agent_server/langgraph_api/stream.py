@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from agent_server.frames import dumps
 from agent_server.langgraph_api.http import APIError
+from agent_server.routes import client_gone
 from agent_server.runs import LogEntry, RemoteEntry, RemoteRun, Run
 from agent_server.sse import SSEResponse, run_events
 from agent_server.state import AppState
@@ -73,10 +74,6 @@ def stream(
     cancel_on_disconnect: bool = False,
     stateless: bool = False,
 ) -> SSEResponse:
-    def disconnected() -> None:
-        if cancel_on_disconnect and not run.finished:
-            run.cancel("cancelled", "the client disconnected")
-
     path = f"/runs/{run.run_id}" if stateless else f"/threads/{run.thread_id}/runs/{run.run_id}"
     headers = {"Content-Location": path}
     if not stateless:
@@ -91,6 +88,6 @@ def stream(
             end=b"",
         ),
         headers=headers,
-        on_disconnect=disconnected,
+        on_disconnect=client_gone(run, "cancel" if cancel_on_disconnect else "continue", 0),
         send_timeout=state.streams.send_timeout,
     )

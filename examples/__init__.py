@@ -1,0 +1,1 @@
+"""Applications that embed agent-server: see docs/embedding.md."""

@@ -1,0 +1,1 @@
+"""A FastAPI service with agent-server mounted under /agents."""
