@@ -6,13 +6,16 @@ One run of the benchmark graph (two tool calls, then a ``BENCH_TOKENS``-word ans
   (a) as native frames: ``POST /runs/stream``;
   (b) as LangGraph parts: ``POST /langgraph/threads/{id}/runs/stream`` in
       ``messages-tuple`` mode, as LangGraph's SDKs and ``useStream`` read it;
-  (c) optionally, with ``--langgraph-url``, from LangGraph's own server serving the same
-      graph (``langgraph dev --config bench/langgraph.json``).
+  (c) optionally, with ``--langgraph-dev``, from LangGraph's own dev server serving the
+      same graph (``langgraph dev --config bench/langgraph.json``, from the venv that
+      ``make test-langgraph-dev`` builds).
 
 The client parses every event's JSON. It prints tokens/s, time to first token and bytes
 on the wire per token for each (best of ``--rounds``, interleaved so drift hits all alike).
+Each server is paused (SIGSTOP) while the other is measured: an idle ``langgraph dev``
+keeps polling, and on two cores that alone cost agent-server about a third of its rate.
 
-    python bench/langgraph_api.py [--rounds 3] [--concurrency 1] [--langgraph-url URL]
+    python bench/langgraph_api.py [--rounds 3] [--concurrency 1] [--langgraph-dev]
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -122,28 +127,67 @@ async def measure(kind, url: str, concurrency: int) -> tuple[float, float, float
     )
 
 
+def start_langgraph_dev(port: int) -> subprocess.Popen[bytes]:
+    binary = ROOT / ".venv-langgraph" / "bin" / "langgraph"
+    if not binary.exists():
+        raise SystemExit("no .venv-langgraph: run `make test-langgraph-dev` once to build it")
+    command = [
+        str(binary), "dev", "--config", "bench/langgraph.json", "--host", "127.0.0.1",
+        "--port", str(port), "--no-browser", "--no-reload",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            found = httpx.post(f"http://127.0.0.1:{port}/assistants/search", json={})
+            if found.status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit("langgraph dev did not start")
+
+
+def only(running: subprocess.Popen[bytes], others: list[subprocess.Popen[bytes]]) -> None:
+    """Let ``running`` have the machine: pause the other servers."""
+    for process in others:
+        process.send_signal(signal.SIGSTOP if process is not running else signal.SIGCONT)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--langgraph-url", help="LangGraph's server, serving bench/langgraph.json")
+    parser.add_argument(
+        "--langgraph-dev", action="store_true", help="also measure LangGraph's dev server"
+    )
     args = parser.parse_args()
 
     port = free_port()
     server = start_server(port)
+    servers = [server]
     url = f"http://127.0.0.1:{port}"
     contenders = {
-        "(a) agent-server frames   ": (native, url),
-        "(b) agent-server LangGraph": (langgraph, f"{url}/langgraph"),
+        "(a) agent-server frames   ": (native, url, server),
+        "(b) agent-server LangGraph": (langgraph, f"{url}/langgraph", server),
     }
-    if args.langgraph_url:
-        contenders["(c) LangGraph's server    "] = (langgraph, args.langgraph_url)
+    if args.langgraph_dev:
+        dev_port = free_port()
+        dev = start_langgraph_dev(dev_port)
+        servers.append(dev)
+        contenders["(c) LangGraph's server    "] = (langgraph, f"http://127.0.0.1:{dev_port}", dev)
     try:
-        for kind, target in contenders.values():  # warm-up: imports, first-run caches
+        for kind, target, process in contenders.values():  # warm-up: imports, caches
+            only(process, servers)
             await measure(kind, target, 1)
         results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in contenders}
         for _ in range(args.rounds):
-            for name, (kind, target) in contenders.items():
+            for name, (kind, target, process) in contenders.items():
+                only(process, servers)
                 results[name].append(await measure(kind, target, args.concurrency))
         print(
             f"run: 2 tool calls + {os.environ['BENCH_TOKENS']}-token answer, "
@@ -158,8 +202,10 @@ async def main() -> None:
                 f"{wire:>5.0f} bytes/token"
             )
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        for process in servers:
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+            process.wait(timeout=20)
 
 
 if __name__ == "__main__":
