@@ -514,3 +514,62 @@ async def test_cancel_with_rollback_restores_the_state_before_the_run(client: An
     thread_id, run = await kept_then_running(client)
     await client.runs.cancel(thread_id, run["run_id"], wait=True, action="rollback")
     assert await human_turns(client, thread_id) == ["kept"]
+
+
+async def test_thread_stream_follows_each_run_on_the_thread(client: Any) -> None:
+    thread = await client.threads.create()
+    thread_id = thread["thread_id"]
+    first = await client.runs.create(
+        thread_id, "slow", input=human("one two"), stream_mode="values", stream_resumable=True
+    )
+    events: list[tuple[str, Any, str | None]] = []
+    second_id = None
+    async for part in await client.threads.join_stream(thread_id, last_event_id="0"):
+        events.append((part.event, part.data, part.id))
+        done = [d["run_id"] for e, d, _ in events if e == "metadata" and d.get("status")]
+        if done == [first["run_id"]] and second_id is None:
+            second = await client.runs.create(
+                thread_id, "slow", input=human("three"), stream_mode="values",
+                stream_resumable=True,
+            )  # fmt: skip
+            second_id = second["run_id"]
+        if len(done) == 2:
+            break
+    starts = [d["run_id"] for e, d, _ in events if e == "metadata" and "status" not in d]
+    assert starts == [first["run_id"], second_id]
+    finished = [d for e, d, _ in events if e == "metadata" and "status" in d]
+    assert finished == [
+        {"status": "run_done", "run_id": first["run_id"]},
+        {"status": "run_done", "run_id": second_id},
+    ]
+    values = [d for e, d, _ in events if e == "values"]
+    assert values[-1]["messages"][-1]["content"].startswith("You said")
+    ids = [i for _, _, i in events]
+    assert all(ids) and len(set(ids)) == len(ids)
+
+
+async def test_thread_stream_resumes_after_its_last_id(client: Any) -> None:
+    thread_id = (await client.threads.create())["thread_id"]
+    run_ids = []
+    for text in ("one", "two"):
+        run = await client.runs.create(
+            thread_id, "agent", input=human(text), stream_mode="updates", stream_resumable=True
+        )
+        await client.runs.join(thread_id, run["run_id"])
+        run_ids.append(run["run_id"])
+
+    async def until_done(last_event_id: str, runs: int) -> list[tuple[str, Any, str | None]]:
+        seen = []
+        async for part in await client.threads.join_stream(thread_id, last_event_id=last_event_id):
+            seen.append((part.event, part.data, part.id))
+            if sum(e == "metadata" and "status" in d for e, d, _ in seen) == runs:
+                return seen
+        return seen
+
+    everything = await until_done("0", 2)
+    first_done = next(i for e, d, i in everything if e == "metadata" and "status" in d)
+    assert first_done is not None
+    rest = await until_done(first_done, 1)
+    cut = [event_id for _, _, event_id in everything].index(first_done) + 1
+    assert rest == everything[cut:]  # exactly what came after it
+    assert {d.get("run_id") for e, d, _ in rest if e == "metadata"} == {run_ids[1]}

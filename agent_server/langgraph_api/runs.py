@@ -23,10 +23,17 @@ from agent_server.langgraph_api.http import (
 )
 from agent_server.langgraph_api.parts import PartOptions
 from agent_server.langgraph_api.schemas import RunCreate
-from agent_server.langgraph_api.stream import resume_from, stream, wanted_modes
+from agent_server.langgraph_api.stream import (
+    resume_from,
+    stream,
+    thread_events,
+    thread_position,
+    wanted_modes,
+)
 from agent_server.langgraph_api.threads import interrupt_json, open_thread
 from agent_server.routes import finished_unless_gone
 from agent_server.runs import RemoteRun, Run, RunStatus
+from agent_server.sse import SSEResponse
 from agent_server.state import AppState
 
 STATUS = {
@@ -339,15 +346,21 @@ async def join_run_stream(request: Request, state: AppState) -> Response:
 
 @endpoint
 async def join_thread_stream(request: Request, state: AppState) -> Response:
-    """The thread's active (or latest) run, joined: what ``threads.joinStream`` reads."""
+    """Every run on the thread as it happens (``threads.joinStream``): the runs of this
+    worker, each ended by a ``run_done`` metadata event. ``stream_mode=lifecycle`` (or
+    LangGraph's own ``stream_modes``) keeps only those metadata events."""
     thread_id = request.path_params["thread_id"]
     await open_thread(state, thread_id, request)
-    runs = state.runs.thread_runs(thread_id)
-    active = [r for r in runs if not r.finished]
-    run = active[0] if active else (runs[-1] if runs else None)
-    if run is None:
-        raise APIError(404, f"Thread {thread_id} has no run to join", "run_not_found")
-    return stream(state, run, after=resume_from(request), modes=wanted_modes(request))
+    params = request.query_params
+    wanted = {m for key in ("stream_mode", "stream_modes") for m in params.getlist(key) if m}
+    unknown = wanted - {"run_modes", "lifecycle", "state_update"}
+    if unknown:
+        raise APIError(422, f"Invalid stream mode: {sorted(unknown)[0]}", "validation_error")
+    lifecycle = "lifecycle" in wanted and "run_modes" not in wanted
+    return SSEResponse(
+        thread_events(state, thread_id, thread_position(request), lifecycle),
+        send_timeout=state.streams.send_timeout,
+    )
 
 
 @endpoint

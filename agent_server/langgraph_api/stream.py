@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import orjson
 from starlette.requests import Request
@@ -12,8 +13,10 @@ from agent_server.frames import dumps
 from agent_server.langgraph_api.http import APIError
 from agent_server.routes import client_gone
 from agent_server.runs import LogEntry, RemoteEntry, RemoteRun, Run
-from agent_server.sse import SSEResponse, run_events
+from agent_server.sse import PING, SSEResponse, run_events
 from agent_server.state import AppState
+
+THREAD_POLL = 0.05  # seconds between looks for a thread's next run
 
 
 def resume_from(request: Request) -> int:
@@ -33,10 +36,18 @@ def wanted_modes(request: Request) -> frozenset[str] | None:
 
 
 def render_parts(
-    run_id: str, modes: frozenset[str] | None
+    run_id: str, modes: frozenset[str] | None, id_prefix: bytes = b""
 ) -> Callable[[list[LogEntry] | list[RemoteEntry]], bytes]:
-    """LangGraph's SSE events from a batch of the run's log (see the module docstring)."""
+    """LangGraph's SSE events from a batch of the run's log (see the module docstring).
+
+    ``id_prefix`` makes ids ``<prefix><seq>``, for a stream of several runs (a part's
+    bytes end in ``id: <seq>``, which is then rewritten)."""
     metadata = dumps({"run_id": run_id, "attempt": 1})
+
+    def with_id(data: bytes, seq: int) -> bytes:
+        if not id_prefix:
+            return data
+        return data[: data.rindex(b"\nid: ") + 5] + b"%b%d\n\n" % (id_prefix, seq)
 
     def keep(data: bytes) -> bool:
         if modes is None:
@@ -51,15 +62,17 @@ def render_parts(
             kind = entry.type
             if kind == "part":
                 if keep(entry.data):
-                    out.append(entry.data)
+                    out.append(with_id(entry.data, entry.seq))
             elif kind == "run_start":
-                out.append(b"event: metadata\ndata: %b\nid: %d\n\n" % (metadata, entry.seq))
+                out.append(
+                    b"event: metadata\ndata: %b\nid: %b%d\n\n" % (metadata, id_prefix, entry.seq)
+                )
             elif kind == "error":
                 frame = orjson.loads(entry.data)
                 if frame["code"] == "cancelled":
                     continue  # LangGraph ends a cancelled run's stream silently
                 error = dumps({"error": frame["code"], "message": frame["message"]})
-                out.append(b"event: error\ndata: %b\nid: %d\n\n" % (error, entry.seq))
+                out.append(b"event: error\ndata: %b\nid: %b%d\n\n" % (error, id_prefix, entry.seq))
         return b"".join(out)
 
     return render
@@ -91,3 +104,71 @@ def stream(
         on_disconnect=client_gone(run, "cancel" if cancel_on_disconnect else "continue", 0),
         send_timeout=state.streams.send_timeout,
     )
+
+
+def thread_position(request: Request) -> tuple[int, int] | None:
+    """Where a thread stream resumes: ``(run created ms, seq)`` from ``Last-Event-ID``
+    (``<ms>-<seq>``; ``0`` or ``-`` for every run the server still has), or None: from
+    the thread's active run."""
+    text = (request.headers.get("last-event-id") or "").strip()
+    if not text:
+        return None
+    if text in ("-", "0"):
+        return (0, 0)
+    ms, _, seq = text.partition("-")
+    if not ms.isdigit() or not (seq.isdigit() or seq in ("", "*")):
+        raise APIError(422, "Invalid last-event-id: must be <ms>-<seq>", "bad_event_id")
+    return (int(ms), int(seq) if seq.isdigit() else 0)
+
+
+def created_ms(run: Run) -> int:
+    return int(run.created_at * 1000)
+
+
+async def thread_events(
+    state: AppState, thread_id: str, position: tuple[int, int] | None, lifecycle: bool
+) -> AsyncIterator[bytes]:
+    """Every run on the thread, one after the other, each closed by a ``run_done``
+    metadata event, then the next as it starts; never ends by itself (as LangGraph's).
+    Ids are ``<run created ms>-<seq>``."""
+    streams = state.streams
+    modes: frozenset[str] | None = frozenset() if lifecycle else None
+    done: set[str] = set()
+    if position is None:  # from now: the active run, and the ones after it
+        done = {r.run_id for r in state.runs.thread_runs(thread_id) if r.finished}
+        position = (0, 0)
+    idle = 0.0
+    while True:
+        waiting = [
+            r
+            for r in state.runs.thread_runs(thread_id)
+            if r.run_id not in done and created_ms(r) >= position[0]
+        ]
+        if not waiting:
+            await asyncio.sleep(THREAD_POLL)
+            idle += THREAD_POLL
+            if idle >= streams.ping_interval:
+                idle = 0.0
+                yield PING
+            continue
+        idle = 0.0
+        run = min(waiting, key=lambda r: r.created_at)
+        done.add(run.run_id)
+        ms = created_ms(run)
+        after = position[1] if ms == position[0] else 0
+        if run.finished and after >= run.last_seq:
+            continue  # resumed after its run_done
+        prefix = b"%d-" % ms
+        async for chunk in run_events(
+            run,
+            streams,
+            after=after,
+            retry=False,
+            render=render_parts(run.run_id, modes, prefix),
+            end=b"",
+        ):
+            yield chunk
+        if not run.finished:
+            return  # dropped as too slow: the client resumes from its last id
+        finished = dumps({"status": "run_done", "run_id": run.run_id})
+        yield b"event: metadata\ndata: %b\nid: %b%d\n\n" % (finished, prefix, run.last_seq + 1)
