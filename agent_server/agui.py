@@ -61,7 +61,6 @@ from ag_ui.core import (
 )
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langgraph.types import Command
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -81,7 +80,7 @@ from agent_server.frames import (
     Interrupt as InterruptFrame,
 )
 from agent_server.runs import Run
-from agent_server.schemas import RequestError, read_body
+from agent_server.schemas import read_model
 from agent_server.sse import SSEResponse
 from agent_server.translate import text_of
 
@@ -288,13 +287,7 @@ async def agui_endpoint(request: Request) -> Response:
 
     state = app_state(request)
     entry = state.graphs.get(request.path_params["graph"])
-    raw = await read_body(request, state.settings.max_body_bytes)
-    try:
-        body = RunAgentInput.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        if any(err["type"] == "json_invalid" for err in exc.errors()):
-            raise RequestError(400, "invalid_json", "request body is not valid JSON") from None
-        raise
+    body = await read_model(request, RunAgentInput, state.settings.max_body_bytes)
     user = user_id(request.scope)
     await state.runs.load_thread_owner(body.thread_id, entry)
     state.runs.check_thread(body.thread_id, user)

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -43,7 +43,7 @@ from agent_server.frames import (
     dumps,
 )
 from agent_server.runs import Run
-from agent_server.schemas import THREAD_ID_PATTERN, RequestError, read_body
+from agent_server.schemas import THREAD_ID_PATTERN, RequestError, read_model
 from agent_server.sse import DONE, SSEResponse
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
@@ -182,14 +182,9 @@ async def chat_endpoint(request: Request) -> Response:
 
     state = app_state(request)
     entry = state.graphs.get(request.path_params["graph"])
-    raw = await read_body(request, state.settings.max_body_bytes)
+    body = await read_model(request, ChatRequest, state.settings.max_body_bytes)
     try:
-        body = ChatRequest.model_validate_json(raw or b"{}")
         text = body.last_user_text()
-    except ValidationError as exc:
-        if any(err["type"] == "json_invalid" for err in exc.errors()):
-            raise RequestError(400, "invalid_json", "request body is not valid JSON") from None
-        raise
     except ValueError as exc:
         raise RequestError(422, "validation_error", str(exc)) from None
     user = user_id(request.scope)

@@ -23,7 +23,6 @@ from importlib import resources
 from typing import Any, overload
 
 import orjson
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -38,7 +37,7 @@ from agent_server.schemas import (
     RequestError,
     RunRequest,
     error_response,
-    read_body,
+    read_model,
 )
 from agent_server.sse import SSEResponse, run_events
 from agent_server.state import AppState
@@ -50,13 +49,7 @@ def app_state(request: Request) -> AppState:
 
 
 async def parse_run_request(request: Request, state: AppState) -> RunRequest:
-    body = await read_body(request, state.settings.max_body_bytes)
-    try:
-        return RunRequest.model_validate_json(body or b"{}")
-    except ValidationError as exc:
-        if any(err["type"] == "json_invalid" for err in exc.errors()):
-            raise RequestError(400, "invalid_json", "request body is not valid JSON") from None
-        raise
+    return await read_model(request, RunRequest, state.settings.max_body_bytes)
 
 
 def query_run_request(request: Request, state: AppState) -> RunRequest:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_server.frames import dumps
+
+Model = TypeVar("Model", bound=BaseModel)
 
 THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 
@@ -110,3 +112,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_model(request: Request, model: type[Model], limit: int) -> Model:
+    """The request body as ``model``: 413 past ``limit`` bytes, 400 when it is not JSON,
+    the model's ValidationError (422) when it does not fit."""
+    body = await read_body(request, limit)
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors()):
+            raise RequestError(400, "invalid_json", "request body is not valid JSON") from None
+        raise

@@ -5,19 +5,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_server.langgraph_api.parts import dumps_part
 from agent_server.runs import Forbidden, RunRejected
-from agent_server.schemas import RequestError, read_body
+from agent_server.schemas import Model, RequestError, read_model
 from agent_server.state import AppState
-
-Model = TypeVar("Model", bound=BaseModel)
 
 
 class APIError(Exception):
@@ -68,13 +66,7 @@ def endpoint(
 
 
 async def parse(request: Request, state: AppState, model: type[Model]) -> Model:
-    body = await read_body(request, state.settings.max_body_bytes)
-    try:
-        return model.model_validate_json(body or b"{}")
-    except ValidationError as exc:
-        if any(err["type"] == "json_invalid" for err in exc.errors()):
-            raise APIError(400, "request body is not valid JSON", "invalid_json") from None
-        raise
+    return await read_model(request, model, state.settings.max_body_bytes)
 
 
 def iso(ts: float | None) -> str | None:
