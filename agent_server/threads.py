@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -55,18 +56,30 @@ class ThreadRecords(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
-def _matches(record: dict[str, Any], owner: str | None, metadata: dict[str, Any]) -> bool:
-    if owner is not None and record["owner"] != owner:
-        return False
-    found = record["metadata"]
-    return all(key in found and found[key] == value for key, value in metadata.items())
-
-
-def _page(
-    records: list[dict[str, Any]], sort_by: SortBy, sort_order: SortOrder, limit: int, offset: int
+def _select(
+    records: Iterable[dict[str, Any]],
+    owner: str | None,
+    metadata: dict[str, Any],
+    ids: list[str] | None,
+    sort_by: SortBy,
+    sort_order: SortOrder,
+    limit: int,
+    offset: int,
 ) -> list[dict[str, Any]]:
-    records.sort(key=lambda r: r[sort_by], reverse=sort_order == "desc")
-    return records[offset : offset + limit]
+    """A search done in Python: the records that match, sorted, one page of them."""
+    wanted = None if ids is None else set(ids)
+
+    def matches(record: dict[str, Any]) -> bool:
+        found = record["metadata"]
+        return (
+            (owner is None or record["owner"] == owner)
+            and (wanted is None or record["thread_id"] in wanted)
+            and all(key in found and found[key] == value for key, value in metadata.items())
+        )
+
+    selected = [dict(record) for record in records if matches(record)]
+    selected.sort(key=lambda r: r[sort_by], reverse=sort_order == "desc")
+    return selected[offset : offset + limit]
 
 
 class MemoryThreads:
@@ -120,13 +133,9 @@ class MemoryThreads:
         sort_by: SortBy,
         sort_order: SortOrder,
     ) -> list[dict[str, Any]]:
-        candidates = (
-            [self.records[i] for i in ids if i in self.records]
-            if ids is not None
-            else list(self.records.values())
+        return _select(
+            self.records.values(), owner, metadata, ids, sort_by, sort_order, limit, offset
         )
-        found = [dict(r) for r in candidates if _matches(r, owner, metadata)]
-        return _page(found, sort_by, sort_order, limit, offset)
 
 
 SQL_COLUMNS = "thread_id, owner, metadata, graph, created_at, updated_at"
@@ -238,12 +247,8 @@ class SqliteThreads(SqlThreads):
         if owner is not None:
             sql += " WHERE owner = ?"
             params = (owner,)
-        found = [_row(row) for row in await self._run(sql, params)]
-        if ids is not None:
-            wanted = set(ids)
-            found = [r for r in found if r["thread_id"] in wanted]
-        found = [r for r in found if _matches(r, owner, metadata)]
-        return _page(found, sort_by, sort_order, limit, offset)
+        rows = [_row(row) for row in await self._run(sql, params)]
+        return _select(rows, owner, metadata, ids, sort_by, sort_order, limit, offset)
 
 
 class PostgresThreads(SqlThreads):
