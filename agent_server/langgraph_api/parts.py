@@ -41,14 +41,10 @@ from langchain_core.runnables.schema import StreamEvent
 from langgraph.types import Command
 from pydantic import BaseModel
 
-from agent_server.frames import BaseFrame, Part, _json_default, dumps, now_ms
+from agent_server.frames import BaseFrame, Part, _json_default, dumps
 from agent_server.translate import NOSTREAM_TAG, FrameFactory
 
-# What a client may ask for (LangGraph's names) and what the driver must stream for it.
-MODES = (
-    "values", "updates", "messages-tuple", "messages", "custom", "events", "debug",
-    "tasks", "checkpoints",
-)  # fmt: skip
+# The modes the driver must add to its own stream modes for a run that asks for them.
 GRAPH_MODES = frozenset({"debug", "tasks", "checkpoints"})
 HIDDEN_TAG = "langsmith:hidden"
 
@@ -193,13 +189,8 @@ class PartTranslator:
         return parts
 
     def _part(self, mode: str, ns: Sequence[str], data: Any, *, raw: bytes | None = None) -> Part:
-        make = self.make
-        make.seq += 1
-        # Built without validation: every field is ours, and this is the token path.
-        return Part.model_construct(
-            run_id=make.run_id,
-            seq=make.seq,
-            ts=now_ms(),
+        return self.make.trusted(
+            Part,
             event=f"{mode}|{'|'.join(ns)}" if ns else mode,
             data=dumps_part(data) if raw is None else raw,
         )

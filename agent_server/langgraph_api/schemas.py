@@ -11,13 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent_server.langgraph_api.parts import MODES
-
 StreamMode = Literal[
     "values", "updates", "messages-tuple", "messages", "custom", "events", "debug",
     "tasks", "checkpoints",
 ]  # fmt: skip
-assert set(MODES) == set(StreamMode.__args__)  # type: ignore[attr-defined]
 
 
 class Body(BaseModel):
@@ -60,12 +57,7 @@ class RunCreate(Body):
     @field_validator("multitask_strategy", "on_disconnect", "if_not_exists", mode="before")
     @classmethod
     def _default_when_null(cls, value: Any, info: Any) -> Any:
-        defaults = {
-            "multitask_strategy": "enqueue",
-            "on_disconnect": "continue",
-            "if_not_exists": "reject",
-        }
-        return defaults[info.field_name] if value is None else value
+        return cls.model_fields[info.field_name].default if value is None else value
 
 
 class ThreadCreate(Body):
