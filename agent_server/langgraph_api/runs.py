@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.types import Command
 from starlette.requests import Request
 from starlette.responses import Response
@@ -47,7 +47,7 @@ STATUS = {
 }
 
 
-def run_json(state: AppState, run: Run | RemoteRun | dict[str, Any]) -> dict[str, Any]:
+def run_json(run: Run | RemoteRun | dict[str, Any]) -> dict[str, Any]:
     described = run if isinstance(run, dict) else run.describe()
     metadata = {}
     kwargs: dict[str, Any] = {}
@@ -78,33 +78,42 @@ def run_json(state: AppState, run: Run | RemoteRun | dict[str, Any]) -> dict[str
     }
 
 
-async def forget_run(state: AppState, run: Run) -> None:
+async def checkpoint_before(run: Run, run_ids: set[str]) -> CheckpointTuple | None:
+    """The thread's newest checkpoint that none of ``run_ids`` wrote."""
+    checkpointer = run.graph.graph.checkpointer
+    if isinstance(checkpointer, BaseCheckpointSaver):
+        async for found in checkpointer.alist(thread_config(run.thread_id)):
+            if found.metadata.get("run_id") not in run_ids:
+                return found
+    return None
+
+
+async def forget_run(run: Run) -> None:
     """A rolled-back run's checkpoints: the thread goes back to where it was before it,
     with a checkpoint of that state on top (the checkpointers cannot delete single
     checkpoints)."""
     checkpointer = run.graph.graph.checkpointer
     if not isinstance(checkpointer, BaseCheckpointSaver):
         return
-    async for found in checkpointer.alist(thread_config(run.thread_id)):
-        if found.metadata.get("run_id") != run.run_id:
-            await run.graph.graph.aupdate_state(found.config, None)
-            return
-    await checkpointer.adelete_thread(run.thread_id)
+    found = await checkpoint_before(run, {run.run_id})
+    if found is None:
+        await checkpointer.adelete_thread(run.thread_id)  # the run made it all
+    else:
+        await run.graph.graph.aupdate_state(found.config, None)
 
 
-async def rollback_before(run: Run, replaced: list[str]) -> None:
+async def rollback_before(run: Run, replaced: set[str]) -> None:
     """Start ``run`` from the thread's last checkpoint before the runs it replaced."""
     checkpointer = run.graph.graph.checkpointer
     if not isinstance(checkpointer, BaseCheckpointSaver) or not replaced:
         return
-    gone = set(replaced)
-    async for found in checkpointer.alist(thread_config(run.thread_id)):
-        if found.metadata.get("run_id") not in gone:
-            configurable = dict(run.config.get("configurable") or {})
-            configurable["checkpoint_id"] = found.config["configurable"]["checkpoint_id"]
-            run.config = {**run.config, "configurable": configurable}
-            return
-    await checkpointer.adelete_thread(run.thread_id)  # the replaced runs made it all
+    found = await checkpoint_before(run, replaced)
+    if found is None:
+        await checkpointer.adelete_thread(run.thread_id)  # the replaced runs made it all
+        return
+    configurable = dict(run.config.get("configurable") or {})
+    configurable["checkpoint_id"] = found.config["configurable"]["checkpoint_id"]
+    run.config = {**run.config, "configurable": configurable}
 
 
 async def create_run(
@@ -172,7 +181,7 @@ async def create_run(
     )
     strategy = body.multitask_strategy
     if strategy == "rollback":
-        replaced = [r.run_id for r in state.runs.thread_runs(thread_id) if not r.finished]
+        replaced = {r.run_id for r in state.runs.thread_runs(thread_id) if not r.finished}
 
         async def prepare(run: Run) -> None:
             await rollback_before(run, replaced)
@@ -221,14 +230,14 @@ async def create_background_run(request: Request, state: AppState) -> Response:
     thread_id = request.path_params["thread_id"]
     run = await create_run(request, state, body, thread_id, background=True)
     path = f"/threads/{thread_id}/runs/{run.run_id}"
-    return json_response(run_json(state, run), 200, **{"Content-Location": path})
+    return json_response(run_json(run), 200, **{"Content-Location": path})
 
 
 @endpoint
 async def create_stateless_background_run(request: Request, state: AppState) -> Response:
     body = await parse(request, state, RunCreate)
     run = await create_run(request, state, body, None, background=True)
-    return json_response(run_json(state, run), 200, **{"Content-Location": f"/runs/{run.run_id}"})
+    return json_response(run_json(run), 200, **{"Content-Location": f"/runs/{run.run_id}"})
 
 
 async def final_values(state: AppState, run: Run | RemoteRun) -> Any:
@@ -314,7 +323,7 @@ async def list_runs(request: Request, state: AppState) -> Response:
     runs = []
     for described in reversed(await state.runs.all_thread_runs(thread_id)):
         run = state.runs.get(described["run_id"])
-        found = run_json(state, run if run is not None else described)
+        found = run_json(run if run is not None else described)
         if status is None or found["status"] == status:
             runs.append(found)
     return json_response(runs[offset : offset + limit])
@@ -322,7 +331,7 @@ async def list_runs(request: Request, state: AppState) -> Response:
 
 @endpoint
 async def get_run(request: Request, state: AppState) -> Response:
-    return json_response(run_json(state, await thread_run(request, state)))
+    return json_response(run_json(await thread_run(request, state)))
 
 
 @endpoint
@@ -375,7 +384,7 @@ async def cancel_run(request: Request, state: AppState) -> Response:
     if action == "rollback":
         await state.runs.settled(run)
         if isinstance(run, Run):
-            await forget_run(state, run)
+            await forget_run(run)
     if not truthy(request, "wait"):
         return Response(status_code=202)
     await state.runs.settled(run)
