@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Route
 from agent_server.agui import agui_endpoint
 from agent_server.aisdk import chat_endpoint, resume_endpoint
 from agent_server.auth import user_id
+from agent_server.cursors import BadCursor, parse_run_cursor
 from agent_server.frames import dumps
 from agent_server.runs import RemoteRun, Run, RunRejected
 from agent_server.schemas import (
@@ -195,12 +196,12 @@ def last_event_id(request: Request) -> str | None:
     return request.headers.get("last-event-id") or None
 
 
-def parse_seq(text: str, what: str) -> int:
-    if not text.isdigit():
-        raise RequestError(
-            400, "invalid_last_event_id", f"{what} must be a frame seq, not {text!r}"
-        )
-    return int(text)
+def parse_cursor(text: str, what: str) -> tuple[str | None, int]:
+    """``<seq>`` or ``<run_id>:<seq>`` from a client, or 400 (:mod:`agent_server.cursors`)."""
+    try:
+        return parse_run_cursor(text, what)
+    except BadCursor as exc:
+        raise RequestError(400, "invalid_last_event_id", str(exc)) from None
 
 
 async def post_runs_stream(request: Request) -> Response:
@@ -243,12 +244,11 @@ async def reconnecting_run(
 ) -> tuple[Run | RemoteRun, int] | None:
     """The run and seq an EventSource's ``Last-Event-ID`` (``<run_id>:<seq>``) resumes
     from; None when there is nothing more to send (answer 204, which stops it)."""
-    run_id, sep, seq_text = last_event_id.rpartition(":")
-    if not sep:
+    run_id, seq = parse_cursor(last_event_id, "Last-Event-ID")
+    if run_id is None:
         raise RequestError(
             400, "invalid_last_event_id", "Last-Event-ID must be '<run_id>:<seq>' here"
         )
-    seq = parse_seq(seq_text, "Last-Event-ID")
     run = await state.runs.find(run_id)
     if run is None or (run.finished and seq >= run.last_seq):
         return None
@@ -305,10 +305,9 @@ async def get_run_stream(request: Request) -> Response:
     after = 0
     resume = last_event_id(request) or request.query_params.get("after")
     if resume is not None:
-        run_part, sep, seq_text = resume.rpartition(":")
-        if sep and run_part != run.run_id:
+        run_part, after = parse_cursor(resume, "Last-Event-ID / after")
+        if run_part is not None and run_part != run.run_id:
             raise RequestError(400, "invalid_last_event_id", "Last-Event-ID names another run")
-        after = parse_seq(seq_text, "Last-Event-ID / after")
     return stream_response(state, run, after=after)
 
 

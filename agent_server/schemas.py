@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agent_server.cursors import BadCursor, parse_seq
 from agent_server.frames import dumps
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -99,10 +100,17 @@ class RequestError(Exception):
         return error_response(self.status, self.code, self.message)
 
 
+def _too_long(declared: str, limit: int) -> bool:
+    try:
+        return parse_seq(declared, "content-length") > limit
+    except BadCursor:  # more than 18 digits is too long too; anything else, we count
+        return declared.isascii() and declared.isdigit()
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _too_long(declared, limit):
         raise RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0

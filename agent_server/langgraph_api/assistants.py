@@ -3,6 +3,7 @@ assistant per graph (same ids, so a client's stored assistant id keeps working).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 import warnings
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agent_server.cursors import BadCursor, parse_seq
 from agent_server.graphs import GraphEntry
 from agent_server.langgraph_api.http import APIError, endpoint, iso, json_response, parse
 from agent_server.langgraph_api.schemas import AssistantSearch
@@ -79,8 +81,9 @@ async def get_assistant_graph(request: Request, state: AppState) -> Response:
     raw = request.query_params.get("xray", "false").lower()
     if raw in ("true", "1"):
         xray = True
-    elif raw.isdigit():
-        xray = int(raw)
+    else:
+        with contextlib.suppress(BadCursor):
+            xray = parse_seq(raw, "xray")
     drawable = await entry.graph.aget_graph(xray=xray)
     return json_response(drawable.to_json())
 

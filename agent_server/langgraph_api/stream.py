@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import orjson
 from starlette.requests import Request
 
+from agent_server.cursors import BadCursor, parse_seq, parse_thread_cursor
 from agent_server.frames import dumps
 from agent_server.langgraph_api.http import APIError
 from agent_server.routes import client_gone
@@ -25,9 +26,10 @@ def resume_from(request: Request) -> int:
     text = (request.headers.get("last-event-id") or "").strip()
     if text in ("", "-", "-1"):
         return 0
-    if not text.isdigit():
-        raise APIError(400, f"Last-Event-ID must be an event id, not {text!r}", "bad_event_id")
-    return int(text)
+    try:
+        return parse_seq(text, "Last-Event-ID")
+    except BadCursor as exc:
+        raise APIError(400, str(exc), "bad_event_id") from None
 
 
 def wanted_modes(request: Request) -> frozenset[str] | None:
@@ -115,10 +117,10 @@ def thread_position(request: Request) -> tuple[int, int] | None:
         return None
     if text in ("-", "0"):
         return (0, 0)
-    ms, _, seq = text.partition("-")
-    if not ms.isdigit() or not (seq.isdigit() or seq in ("", "*")):
-        raise APIError(422, "Invalid last-event-id: must be <ms>-<seq>", "bad_event_id")
-    return (int(ms), int(seq) if seq.isdigit() else 0)
+    try:
+        return parse_thread_cursor(text)
+    except BadCursor:
+        raise APIError(422, "Invalid last-event-id: must be <ms>-<seq>", "bad_event_id") from None
 
 
 def created_ms(run: Run) -> int:
