@@ -724,7 +724,7 @@ class RunManager:
             await broker.announce(run.run_id, run.thread_id, self.worker)
             async for batch in run.follow(parts=True):
                 await broker.publish(run.run_id, [(e.seq, e.type, e.data) for e in batch])
-                await broker.put_record(run.run_id, run.record())
+                await broker.put_record(run.run_id, published_record(run, batch[-1]))
             await run.wait()
             await broker.put_record(run.run_id, run.record())
             await broker.release_thread(run.thread_id, run.run_id)
@@ -912,6 +912,17 @@ class RunManager:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def published_record(run: Run, last: LogEntry) -> dict[str, str]:
+    """The run's record as of its log published up to ``last``: the local log may be
+    further on, and a reader must never see a finished status or a ``last_seq`` whose
+    frames are not in the shared log yet."""
+    record = run.record()
+    record["last_seq"] = str(last.seq)
+    if run.finished and last.type not in TERMINAL_TYPES:
+        record["status"] = RunStatus.RUNNING.value
+    return record
+
+
 def _command_json(command: Command[Any]) -> dict[str, Any]:
     """A Command as a queued job keeps it (its fields as given)."""
     fields = {"resume": command.resume, "update": command.update, "goto": command.goto}
@@ -972,13 +983,14 @@ class RemoteRun:
             await self._end_lost(worker)
 
     async def _end_lost(self, worker: str) -> None:
-        """The executing worker died: end the run for everyone, once."""
-        seq = self.last_seq
-        last = await self.broker.read(self.run_id, seq, None)
-        if last:
-            seq = last[-1][0]
-            if last[-1][1] in TERMINAL_TYPES:
-                return  # it ended after all; the record was just behind
+        """The executing worker died: end the run for everyone, once. The final frame
+        follows the last one in the shared log, whatever the record says: the record can
+        be ahead of the log (a worker killed between the two writes), and a frame after
+        the record's seq would leave a gap every follower sees."""
+        seq = await self.broker.last_seq(self.run_id)
+        last = await self.broker.read(self.run_id, seq - 1, None) if seq else []
+        if last and last[-1][1] in TERMINAL_TYPES:
+            return  # it ended after all; the record was just behind
         frame = Error(
             run_id=self.run_id,
             seq=seq + 1,

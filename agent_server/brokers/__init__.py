@@ -10,24 +10,75 @@ any worker can replay and follow it; *cancel requests*, so a cancel on worker B 
 run executing on worker A; *announcements* of new runs, so rooms span workers; and each
 worker's *heartbeat*, so a run whose worker died is ended (``worker_lost``) by whoever
 notices first.
+
+Outages. A broker that cannot be reached raises :class:`BrokerUnavailable` (never its
+client library's own errors) and records it in its :class:`BrokerHealth`, which
+``/healthz`` and ``/metrics`` report. Callers do not give up for good on it: the
+lifespan's loops are supervised (:mod:`agent_server.supervise`) and resume, publishers
+and followers retry and resume from the log's last seq (see ``agent_server/runs.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 # (seq, frame type, the frame's JSON)
 Entry = tuple[int, str, bytes]
 
 
+class BrokerUnavailable(Exception):
+    """The shared broker cannot be reached now (connection refused, reset, loading...)."""
+
+
+class BrokerHealth:
+    """Whether this worker reaches its broker, and since when.
+
+    ``since`` matters to judging other workers: a worker whose heartbeat is missing is
+    only declared lost once this worker itself has reached the broker for longer than
+    the heartbeat's lifetime (:meth:`steady`), so a broker outage that both survived,
+    during which nobody could beat, never makes a healthy worker look dead.
+    """
+
+    def __init__(self) -> None:
+        self.up = True
+        self.since = time.monotonic()
+        self.error: str | None = None
+        self.errors = 0  # failed calls, for /metrics
+        self.outages = 0
+
+    def failed(self, error: BaseException) -> None:
+        self.errors += 1
+        self.error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        if self.up:
+            self.up = False
+            self.outages += 1
+            self.since = time.monotonic()
+
+    def ok(self) -> None:
+        if not self.up:
+            self.up = True
+            self.since = time.monotonic()
+
+    def steady(self, seconds: float) -> bool:
+        """Reachable without a break for at least ``seconds``."""
+        return self.up and time.monotonic() - self.since >= seconds
+
+
 class Broker(Protocol):
     shared: bool  # False for memory://: every run is local, nothing to publish
+    health: BrokerHealth
 
     async def publish(self, run_id: str, entries: Sequence[Entry]) -> None: ...
 
     async def read(self, run_id: str, after: int, block: float | None) -> list[Entry]:
         """Entries with seq > ``after``; waits up to ``block`` seconds for some."""
+        ...
+
+    async def last_seq(self, run_id: str) -> int:
+        """The seq of the log's last entry (0 for no log): where a publisher that lost
+        the broker resumes, and what a lost run's final frame must follow."""
         ...
 
     async def put_record(self, run_id: str, record: dict[str, str]) -> None: ...
@@ -94,8 +145,12 @@ class Broker(Protocol):
         """Every presence message published by any worker (this one included)."""
         ...
 
-    def cancel_requests(self) -> AsyncIterator[str]:
-        """Run ids whose cancellation any worker requested (for the executing worker)."""
+    def cancel_requests(
+        self, subscribed: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[str]:
+        """Run ids whose cancellation any worker requested (for the executing worker).
+        ``subscribed`` is awaited once requests are being received: a listener that
+        (re)subscribes looks there for requests it may have missed meanwhile."""
         ...
 
     async def close(self) -> None: ...

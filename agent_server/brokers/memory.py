@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from agent_server.brokers import Entry
+from agent_server.brokers import BrokerHealth, Entry
 
 
 class MemoryBroker:
     shared = False
 
     def __init__(self) -> None:
+        self.health = BrokerHealth()  # always up: it is this process
         self.logs: dict[str, list[Entry]] = {}
         self.records: dict[str, dict[str, str]] = {}
         self._changed = asyncio.Condition()
@@ -44,6 +45,10 @@ class MemoryBroker:
                     pass
                 found = newer()
         return found
+
+    async def last_seq(self, run_id: str) -> int:
+        log = self.logs.get(run_id)
+        return log[-1][0] if log else 0
 
     async def put_record(self, run_id: str, record: dict[str, str]) -> None:
         self.records.setdefault(run_id, {}).update(record)
@@ -130,7 +135,11 @@ class MemoryBroker:
     async def request_cancel(self, run_id: str) -> None:
         await self._cancels.put(run_id)
 
-    async def cancel_requests(self) -> AsyncIterator[str]:
+    async def cancel_requests(
+        self, subscribed: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[str]:
+        if subscribed is not None:
+            await subscribed()
         while True:
             yield await self._cancels.get()
 

@@ -17,17 +17,25 @@
   the worker is, and its unfinished runs are ended as ``worker_lost``.
 - After a run ends its log expires after the retention time and its record a day later,
   so that asking for a dropped log is "gone" (410), not "never existed" (404).
+- Outages: redis-py retries a failed command a few times within about half a second
+  (a reset connection, a restart's first refused connects); past that every method
+  raises :class:`~agent_server.brokers.BrokerUnavailable` and marks the broker down in
+  ``health``, and the next call that succeeds marks it up. Longer outages are for the
+  callers to ride out (they resume; see the package docstring).
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
-from agent_server.brokers import Entry
+from agent_server.brokers import BrokerHealth, BrokerUnavailable, Entry
 
 LOG_CAP = 100_000  # frames kept per run, approximately
 MAX_CONNECTIONS = 256  # per worker
@@ -36,6 +44,32 @@ RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# What "cannot reach Redis" looks like (BusyLoadingError, a restart replaying its data,
+# and MaxConnectionsError are ConnectionErrors too).
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+# redis-py's own retries of a failed command: short, so an outage surfaces quickly.
+RETRY = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=3)
+CONNECT_TIMEOUT = 2.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _guarded(
+    method: Callable[Concatenate[RedisBroker, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[RedisBroker, P], Coroutine[Any, Any, T]]:
+    """Redis's connection errors as :class:`BrokerUnavailable`, recorded in ``health``."""
+
+    @functools.wraps(method)
+    async def call(self: RedisBroker, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            result = await method(self, *args, **kwargs)
+        except UNREACHABLE as exc:
+            raise self._unavailable(exc) from exc
+        self.health.ok()
+        return result
+
+    return call
 
 
 class RedisBroker:
@@ -46,10 +80,19 @@ class RedisBroker:
         # waits for a free connection instead of failing with "Too many connections".
         # Each followed run holds one connection while its reader blocks (XREAD BLOCK).
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=30
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=30,
+            retry=RETRY,
+            socket_connect_timeout=CONNECT_TIMEOUT,
         )
         self.client: redis.Redis = redis.Redis(connection_pool=pool)
         self.prefix = prefix
+        self.health = BrokerHealth()
+
+    def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
+        self.health.failed(exc)
+        return BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__}: {exc})")
 
     def _log(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:log"
@@ -61,6 +104,7 @@ class RedisBroker:
     def _cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
 
+    @_guarded
     async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
         key = self._log(run_id)
         async with self.client.pipeline(transaction=False) as pipe:
@@ -70,6 +114,7 @@ class RedisBroker:
                 )
             await pipe.execute()
 
+    @_guarded
     async def read(self, run_id: str, after: int, block: float | None) -> list[Entry]:
         key = self._log(run_id)
         block_ms = int(block * 1000) if block else None
@@ -81,9 +126,16 @@ class RedisBroker:
                 entries.append((seq, fields[b"t"].decode(), fields[b"d"]))
         return entries
 
+    @_guarded
+    async def last_seq(self, run_id: str) -> int:
+        last: Any = await self.client.xrevrange(self._log(run_id), count=1)
+        return int(last[0][0].split(b"-")[1]) if last else 0
+
+    @_guarded
     async def put_record(self, run_id: str, record: dict[str, str]) -> None:
         await self.client.hset(self._record(run_id), mapping=dict(record))  # type: ignore[arg-type]
 
+    @_guarded
     async def get_record(self, run_id: str) -> dict[str, str] | None:
         raw: Any = await self.client.hgetall(self._record(run_id))
         if not raw:
@@ -92,12 +144,14 @@ class RedisBroker:
         record["log_exists"] = "1" if await self.client.exists(self._log(run_id)) else "0"
         return record
 
+    @_guarded
     async def expire(self, run_id: str, log_seconds: float, record_seconds: float) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.expire(self._log(run_id), max(1, int(log_seconds)))
             pipe.expire(self._record(run_id), max(1, int(record_seconds)))
             await pipe.execute()
 
+    @_guarded
     async def append_next(self, run_id: str, entry: Entry) -> bool:
         seq, kind, data = entry
         try:
@@ -106,41 +160,67 @@ class RedisBroker:
             return False
         return True
 
+    @_guarded
     async def announce(self, run_id: str, thread_id: str, worker: str) -> None:
         message = json.dumps([run_id, thread_id, worker])
         await self.client.publish(f"{self.prefix}:runs", message)
 
     async def announcements(self) -> AsyncIterator[tuple[str, str, str]]:
-        pubsub = self.client.pubsub()
-        await pubsub.subscribe(f"{self.prefix}:runs")
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    run_id, thread_id, worker = json.loads(message["data"])
-                    yield run_id, thread_id, worker
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        async for data in self._messages(f"{self.prefix}:runs"):
+            run_id, thread_id, worker = json.loads(data)
+            yield run_id, thread_id, worker
 
+    async def _messages(
+        self, channel: str, subscribed: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[bytes]:
+        """The messages published on ``channel``; ``subscribed`` is awaited once the
+        subscription is in place (anything published from then on is received)."""
+        pubsub = self.client.pubsub()
+        try:
+            try:
+                await pubsub.subscribe(channel)
+            except UNREACHABLE as exc:
+                raise self._unavailable(exc) from exc
+            self.health.ok()
+            if subscribed is not None:
+                await subscribed()
+            while True:
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                except UNREACHABLE as exc:
+                    raise self._unavailable(exc) from exc
+                if message is not None and message.get("type") == "message":
+                    yield bytes(message["data"])
+        finally:
+            await pubsub.aclose()
+
+    @_guarded
     async def heartbeat(self, worker: str, ttl: float) -> None:
         await self.client.set(f"{self.prefix}:worker:{worker}", b"1", px=int(ttl * 1000))
 
+    @_guarded
     async def is_alive(self, worker: str) -> bool:
         return bool(await self.client.exists(f"{self.prefix}:worker:{worker}"))
 
+    @_guarded
     async def push_job(self, job: bytes) -> None:
         await self.client.lpush(f"{self.prefix}:queue", job)
 
+    @_guarded
     async def pop_job(self, timeout: float) -> bytes | None:
         popped: Any = await self.client.brpop([f"{self.prefix}:queue"], timeout=max(timeout, 0.01))
         return popped[1] if popped else None
 
+    @_guarded
     async def remove_job(self, job: bytes) -> bool:
         removed: Any = await self.client.lrem(f"{self.prefix}:queue", 1, job)  # type: ignore[arg-type]
         return bool(removed)
 
+    @_guarded
     async def queue_length(self) -> int:
         return int(await self.client.llen(f"{self.prefix}:queue"))
 
+    @_guarded
     async def claim_thread(self, thread_id: str, run_id: str, *, force: bool = False) -> str:
         key = f"{self.prefix}:thread:{thread_id}:active"
         if force:
@@ -150,45 +230,41 @@ class RedisBroker:
         holder: Any = await self.client.get(key)
         return holder.decode() if holder else run_id
 
+    @_guarded
     async def release_thread(self, thread_id: str, run_id: str) -> None:
         key = f"{self.prefix}:thread:{thread_id}:active"
         await self.client.eval(RELEASE, 1, key, run_id)
 
+    @_guarded
     async def room_join(self, thread_id: str, member: str, info: str) -> None:
         await self.client.hset(f"{self.prefix}:room:{thread_id}", member, info)
 
+    @_guarded
     async def room_leave(self, thread_id: str, member: str) -> None:
         await self.client.hdel(f"{self.prefix}:room:{thread_id}", member)
 
+    @_guarded
     async def room_members(self, thread_id: str) -> dict[str, str]:
         raw: Any = await self.client.hgetall(f"{self.prefix}:room:{thread_id}")
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    @_guarded
     async def publish_presence(self, message: bytes) -> None:
         await self.client.publish(f"{self.prefix}:presence", message)
 
     async def presence(self) -> AsyncIterator[bytes]:
-        pubsub = self.client.pubsub()
-        await pubsub.subscribe(f"{self.prefix}:presence")
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    yield bytes(message["data"])
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        async for data in self._messages(f"{self.prefix}:presence"):
+            yield data
 
+    @_guarded
     async def request_cancel(self, run_id: str) -> None:
         await self.client.publish(self._cancel_channel, run_id)
 
-    async def cancel_requests(self) -> AsyncIterator[str]:
-        pubsub = self.client.pubsub()
-        await pubsub.subscribe(self._cancel_channel)
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    yield message["data"].decode()
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+    async def cancel_requests(
+        self, subscribed: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[str]:
+        async for data in self._messages(self._cancel_channel, subscribed):
+            yield data.decode()
 
     async def close(self) -> None:
         await self.client.aclose()
