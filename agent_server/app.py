@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, WebSocketRoute
 
 from agent_server.auth import AuthMiddleware, load_verifier
-from agent_server.brokers import open_broker
+from agent_server.brokers import BrokerUnavailable, open_broker
 from agent_server.chat_model import load_chat_model
 from agent_server.checkpoints import open_storage
 from agent_server.connections import ConnectionManager
@@ -32,6 +31,7 @@ from agent_server.schemas import RequestError, error_response, validation_error_
 from agent_server.settings import Settings
 from agent_server.state import AppState
 from agent_server.streams import Streams
+from agent_server.supervise import Supervisor
 from agent_server.threads import open_thread_records
 from agent_server.tools import ToolRegistry
 from agent_server.ws import fan_out, fan_out_remote, websocket_endpoint
@@ -69,6 +69,7 @@ async def open_state(
                 timeout=settings.run_timeout,
                 retention_seconds=settings.retention_seconds,
                 retention_runs=settings.retention_runs,
+                broker_wait=settings.broker_wait,
             ),
             broker,
             records,
@@ -86,18 +87,15 @@ async def open_state(
         sessions: dict[str, Any] = {}
         runs.on_submit.append(fan_out(connections, sessions))
         runs.on_remote_submit.append(fan_out_remote(runs, connections, sessions))
-        janitor = asyncio.create_task(runs.janitor(), name="agent-server-janitor")
-        background = (
-            [
-                asyncio.create_task(runs.listen_for_cancels(), name="agent-server-cancels"),
-                asyncio.create_task(runs.listen_for_announcements(), name="agent-server-runs"),
-                asyncio.create_task(runs.keep_alive(), name="agent-server-heartbeat"),
-                asyncio.create_task(runs.pull_jobs(), name="agent-server-queue"),
-                asyncio.create_task(connections.relay_presence(), name="agent-server-presence"),
-            ]
-            if broker.shared
-            else []
-        )
+        supervisor = Supervisor()
+        supervisor.start("janitor", runs.janitor)
+        if broker.shared:
+            # The heartbeat retries fastest: peers judge this worker by it.
+            supervisor.start("heartbeat", runs.keep_alive, cap=1.0)
+            supervisor.start("cancels", runs.listen_for_cancels)
+            supervisor.start("announcements", runs.listen_for_announcements)
+            supervisor.start("queue", runs.pull_jobs)
+            supervisor.start("presence", connections.relay_presence)
         try:
             yield AppState(
                 settings=settings,
@@ -107,15 +105,14 @@ async def open_state(
                 checkpointer=checkpointer,
                 model=model,
                 streams=streams,
-                metrics=Metrics(runs, streams),
+                metrics=Metrics(runs, streams, supervisor),
                 connections=connections,
                 sessions=sessions,
+                supervisor=supervisor,
                 threads=await open_thread_records(checkpointer),
             )
         finally:
-            janitor.cancel()
-            for task in background:
-                task.cancel()
+            await supervisor.close()
             await runs.drain(settings.shutdown_grace)
 
 
@@ -132,6 +129,12 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 async def _forbidden(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Forbidden)
     return error_response(403, "forbidden", exc.message)
+
+
+async def _broker_unavailable(request: Request, exc: Exception) -> Response:
+    response = error_response(503, "broker_unavailable", str(exc))
+    response.headers["Retry-After"] = "2"
+    return response
 
 
 async def _unknown_graph(request: Request, exc: Exception) -> Response:
@@ -157,6 +160,7 @@ error_handlers: dict[Any, Callable[[Request, Any], Coroutine[Any, Any, Response]
     Forbidden: _forbidden,
     ValidationError: _validation_error,
     UnknownGraphError: _unknown_graph,
+    BrokerUnavailable: _broker_unavailable,
 }
 
 

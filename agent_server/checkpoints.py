@@ -39,7 +39,7 @@ async def open_storage(
     if settings.checkpoint_in_memory:
         return InMemorySaver(), NoRecords()
     if url.startswith(POSTGRES_SCHEMES):
-        return await _postgres(url, settings.database_pool_size, stack)
+        return await _postgres(url, settings.database_pool_size, settings.storage_wait, stack)
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     path = Path(url.removeprefix("sqlite:///"))
@@ -49,24 +49,29 @@ async def open_storage(
 
 
 async def _postgres(
-    url: str, pool_size: int, stack: AsyncExitStack
+    url: str, pool_size: int, wait: float, stack: AsyncExitStack
 ) -> tuple[BaseCheckpointSaver[Any], RunRecords]:
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
 
+    from agent_server.storage import RetryingPostgresSaver, StorageRetry
+
     # A pool, not one connection: concurrent runs would queue on a single connection's
-    # lock. The connection options are the ones the saver requires.
+    # lock. The connection options are the ones the saver requires. Outages: see
+    # agent_server/storage.py (a checked connection per call; waits bounded by ``wait``).
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         url,
         min_size=1,
         max_size=pool_size,
         open=False,
+        timeout=wait,
+        check=AsyncConnectionPool.check_connection,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     )
     await pool.open(wait=True, timeout=10)
     stack.push_async_callback(pool.close)
-    saver = AsyncPostgresSaver(pool)
+    retry = StorageRetry(pool, wait)
+    saver = RetryingPostgresSaver(pool, retry)
     # Workers starting together would race on the saver's migrations (a unique
     # violation): one at a time, under a session advisory lock. Polled with the try-form,
     # not waited for: the migrations' CREATE INDEX CONCURRENTLY waits for every running
@@ -82,4 +87,4 @@ async def _postgres(
                 await lock.execute(statement)
         finally:
             await lock.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
-    return saver, PostgresRecords(pool)
+    return saver, PostgresRecords(pool, retry)

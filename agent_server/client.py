@@ -3,12 +3,17 @@
 ``AgentClient`` (async) and ``SyncAgentClient`` have the same methods. ``stream()``
 yields the protocol's frame models; if the connection drops mid-run it reconnects to
 ``GET /runs/{id}/stream`` with ``Last-Event-ID`` (the run keeps going on the server:
-``on_disconnect=continue``), so no frame is lost or repeated. Errors answered by the
-server raise :class:`AgentServerError` with its ``code`` and ``message``.
+``on_disconnect=continue``), so no frame is lost or repeated. A *stream error* (an
+``error`` frame with ``seq`` 0: ``broker_unavailable``, ``shutting_down``) and a 503
+while resuming are treated the same way: the client retries for ``RESUME_FOR`` seconds.
+Errors answered by the server raise :class:`AgentServerError` with its ``code`` and
+``message``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,7 +22,28 @@ from httpx_sse import aconnect_sse, connect_sse
 
 from agent_server.frames import BaseFrame, parse_frame
 
-RETRIES = 5
+RESUME_FOR = 30.0  # seconds a join keeps trying to resume a run
+
+
+class _Interrupted(Exception):
+    """The stream ended before the run did (a stream error, a 503): resume it."""
+
+
+def _frame(data: str) -> BaseFrame:
+    frame = parse_frame(data)
+    if frame.seq == 0:  # a stream error (docs/protocol.md): the run goes on elsewhere
+        raise _Interrupted(data)
+    return frame
+
+
+def _check_resumable(response: httpx.Response) -> None:
+    if response.status_code == 503:  # the broker is away, or this worker stops
+        raise _Interrupted(response.text)
+    _raise_for(response)
+
+
+def _pause(attempt: int) -> float:
+    return min(2.0, 0.1 * 2.0**attempt)
 
 
 class AgentServerError(Exception):
@@ -110,12 +136,14 @@ class AgentClient:
                 _raise_for(source.response)
                 run_id = source.response.headers.get("x-run-id")
                 async for event in source.aiter_sse():
+                    if not event.data:
+                        continue  # a block with only ``retry:`` or ``id:``: no frame
                     if event.data == "[DONE]":
                         return
-                    frame = parse_frame(event.data)
+                    frame = _frame(event.data)
                     last = frame.seq
                     yield frame
-        except httpx.TransportError:
+        except (httpx.TransportError, _Interrupted):
             if run_id is None:
                 raise
         if run_id is not None:  # the connection dropped: resume from the last seq seen
@@ -137,7 +165,9 @@ class _AsyncRuns:
 
     async def join(self, run_id: str, *, after: int = 0) -> AsyncIterator[BaseFrame]:
         """A run's frames after ``after``, live; reconnects after a drop."""
-        for _ in range(RETRIES):
+        deadline = time.monotonic() + RESUME_FOR
+        attempt = 0
+        while time.monotonic() < deadline:
             try:
                 async with aconnect_sse(
                     self.client.http, "GET", f"/runs/{run_id}/stream",
@@ -145,16 +175,19 @@ class _AsyncRuns:
                 ) as source:  # fmt: skip
                     if source.response.status_code >= 400:
                         await source.response.aread()
-                    _raise_for(source.response)
+                    _check_resumable(source.response)
                     async for event in source.aiter_sse():
+                        if not event.data:
+                            continue
                         if event.data == "[DONE]":
                             return
-                        frame = parse_frame(event.data)
+                        frame = _frame(event.data)
                         after = frame.seq
                         yield frame
                     return
-            except httpx.TransportError:
-                continue
+            except (httpx.TransportError, _Interrupted):
+                attempt += 1
+                await asyncio.sleep(_pause(attempt))
         raise AgentServerError(0, "unreachable", f"could not resume run {run_id}")
 
 
@@ -224,12 +257,14 @@ class SyncAgentClient:
                 _raise_for(source.response)
                 run_id = source.response.headers.get("x-run-id")
                 for event in source.iter_sse():
+                    if not event.data:
+                        continue  # a block with only ``retry:`` or ``id:``: no frame
                     if event.data == "[DONE]":
                         return
-                    frame = parse_frame(event.data)
+                    frame = _frame(event.data)
                     last = frame.seq
                     yield frame
-        except httpx.TransportError:
+        except (httpx.TransportError, _Interrupted):
             if run_id is None:
                 raise
         if run_id is not None:
@@ -249,7 +284,9 @@ class _SyncRuns:
         return result
 
     def join(self, run_id: str, *, after: int = 0) -> Iterator[BaseFrame]:
-        for _ in range(RETRIES):
+        deadline = time.monotonic() + RESUME_FOR
+        attempt = 0
+        while time.monotonic() < deadline:
             try:
                 with connect_sse(
                     self.client.http, "GET", f"/runs/{run_id}/stream",
@@ -257,16 +294,19 @@ class _SyncRuns:
                 ) as source:  # fmt: skip
                     if source.response.status_code >= 400:
                         source.response.read()
-                    _raise_for(source.response)
+                    _check_resumable(source.response)
                     for event in source.iter_sse():
+                        if not event.data:
+                            continue
                         if event.data == "[DONE]":
                             return
-                        frame = parse_frame(event.data)
+                        frame = _frame(event.data)
                         after = frame.seq
                         yield frame
                     return
-            except httpx.TransportError:
-                continue
+            except (httpx.TransportError, _Interrupted):
+                attempt += 1
+                time.sleep(_pause(attempt))
         raise AgentServerError(0, "unreachable", f"could not resume run {run_id}")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from agent_server.auth import User
-from agent_server.brokers import Broker
+from agent_server.brokers import Broker, worker_lost
 from agent_server.frames import dumps
 
 SendText = Callable[[str], Awaitable[None]]
@@ -186,7 +186,7 @@ class ConnectionManager:
             entry = orjson.loads(info)
             worker = entry.pop("worker", "")
             if worker not in alive:
-                alive[worker] = worker == self.worker or await self.broker.is_alive(worker)
+                alive[worker] = worker == self.worker or not await worker_lost(self.broker, worker)
             if alive[worker]:
                 members.append(entry)
             else:  # its worker died without saying goodbye

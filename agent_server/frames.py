@@ -98,7 +98,12 @@ class Interrupt(BaseFrame):
 
 
 class Error(BaseFrame):
+    """A terminal frame, or, with ``seq`` 0, a *stream* error that is not in the run's
+    log (``broker_unavailable``): the stream ends, the run may not have; resume from the
+    last seq received."""
+
     type: Literal["error"] = "error"
+    seq: int = Field(ge=0)
     code: str
     message: str
 

@@ -16,15 +16,17 @@ from prometheus_client.registry import Collector
 
 from agent_server.runs import Run, RunManager
 from agent_server.streams import Streams
+from agent_server.supervise import Supervisor
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class _Live(Collector):
-    def __init__(self, runs: RunManager, streams: Streams) -> None:
+    def __init__(self, runs: RunManager, streams: Streams, supervisor: Supervisor) -> None:
         self.runs = runs
         self.streams = streams
+        self.supervisor = supervisor
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -46,10 +48,34 @@ class _Live(Collector):
             "Subscribers dropped for falling too far behind.",
             value=self.streams.dropped_slow,
         )
+        health = self.runs.broker.health
+        yield GaugeMetricFamily(
+            "agent_server_broker_up",
+            "1 while this worker reaches its broker (always 1 for memory://).",
+            value=int(health.up),
+        )
+        yield CounterMetricFamily(
+            "agent_server_broker_errors",
+            "Broker calls that failed because it was unreachable.",
+            value=health.errors,
+        )
+        yield CounterMetricFamily(
+            "agent_server_broker_outages",
+            "Times the broker became unreachable.",
+            value=health.outages,
+        )
+        restarts = CounterMetricFamily(
+            "agent_server_background_restarts",
+            "Restarts of a background job after it failed (see agent_server/supervise.py).",
+            labels=["job"],
+        )
+        for job, count in sorted(self.supervisor.restarts.items()):
+            restarts.add_metric([job], count)
+        yield restarts
 
 
 class Metrics:
-    def __init__(self, runs: RunManager, streams: Streams) -> None:
+    def __init__(self, runs: RunManager, streams: Streams, supervisor: Supervisor) -> None:
         self.registry = CollectorRegistry()
         self.runs_total = Counter(
             "agent_server_runs", "Finished runs by status.", ["status"], registry=self.registry
@@ -66,7 +92,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_Live(runs, streams))
+        self.registry.register(_Live(runs, streams, supervisor))
         runs.on_finish.append(self.observe)
 
     def observe(self, run: Run) -> None:

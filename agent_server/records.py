@@ -9,7 +9,10 @@ knows all its runs.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from agent_server.storage import StorageRetry
 
 SCHEMA = (
     """
@@ -74,22 +77,27 @@ class NoRecords:
 class PostgresRecords:
     durable = True
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, retry: StorageRetry) -> None:
         self.pool = pool
+        self.retry = retry
+
+    async def _run(self, sql: str, params: Any) -> list[dict[str, Any]]:
+        async def run() -> list[dict[str, Any]]:
+            async with self.pool.connection() as connection:
+                cursor = await connection.execute(sql, params)
+                return [dict(row) for row in await cursor.fetchall()] if cursor.description else []
+
+        return await self.retry(run)
 
     async def save(self, record: dict[str, Any]) -> None:
-        async with self.pool.connection() as connection:
-            await connection.execute(UPSERT, record)
+        await self._run(UPSERT, record)
 
     async def thread_runs(self, thread_id: str) -> list[dict[str, Any]]:
-        async with self.pool.connection() as connection:
-            cursor = await connection.execute(
-                f"SELECT {', '.join(COLUMNS)}, owner FROM agent_server_runs "
-                "WHERE thread_id = %s ORDER BY created_at",
-                (thread_id,),
-            )
-            return [dict(row) for row in await cursor.fetchall()]
+        return await self._run(
+            f"SELECT {', '.join(COLUMNS)}, owner FROM agent_server_runs "
+            "WHERE thread_id = %s ORDER BY created_at",
+            (thread_id,),
+        )
 
     async def delete(self, run_id: str) -> None:
-        async with self.pool.connection() as connection:
-            await connection.execute("DELETE FROM agent_server_runs WHERE run_id = %s", (run_id,))
+        await self._run("DELETE FROM agent_server_runs WHERE run_id = %s", (run_id,))

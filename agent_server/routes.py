@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -32,12 +33,14 @@ from agent_server.aisdk import chat_endpoint, resume_endpoint
 from agent_server.auth import user_id
 from agent_server.cursors import BadCursor, parse_run_cursor
 from agent_server.frames import dumps
+from agent_server.openapi import openapi_endpoint
 from agent_server.runs import RemoteRun, Run, RunRejected
 from agent_server.schemas import (
     JSONResponse,
     RequestError,
     RunRequest,
     error_response,
+    path_id,
     read_model,
 )
 from agent_server.sse import SSEResponse, run_events
@@ -250,8 +253,8 @@ async def reconnecting_run(
             400, "invalid_last_event_id", "Last-Event-ID must be '<run_id>:<seq>' here"
         )
     run = await state.runs.find(run_id)
-    if run is None or (run.finished and seq >= run.last_seq):
-        return None
+    if run is None or (run.finished and seq >= run.last_seq and not run.lost):
+        return None  # (a lost run's end is sent even past its log: see RemoteRun.follow)
     state.runs.check_run(run, owner)
     return run, seq
 
@@ -295,13 +298,13 @@ async def _disconnected(request: Request) -> None:
 
 async def get_run(request: Request) -> Response:
     state = app_state(request)
-    run = await find_run(state, request.path_params["run_id"], request)
+    run = await find_run(state, path_id(request, "run_id"), request)
     return JSONResponse(run.describe())
 
 
 async def get_run_stream(request: Request) -> Response:
     state = app_state(request)
-    run = await find_run(state, request.path_params["run_id"], request)
+    run = await find_run(state, path_id(request, "run_id"), request)
     after = 0
     resume = last_event_id(request) or request.query_params.get("after")
     if resume is not None:
@@ -313,7 +316,7 @@ async def get_run_stream(request: Request) -> Response:
 
 async def post_run_cancel(request: Request) -> Response:
     state = app_state(request)
-    run = await find_run(state, request.path_params["run_id"], request)
+    run = await find_run(state, path_id(request, "run_id"), request)
     if run.finished:
         return error_response(409, "run_finished", f"run {run.run_id} is already {run.status}")
     run.cancel("cancelled", "cancelled by request")
@@ -323,7 +326,7 @@ async def post_run_cancel(request: Request) -> Response:
 
 async def get_thread_runs(request: Request) -> Response:
     state = app_state(request)
-    thread_id = request.path_params["thread_id"]
+    thread_id = path_id(request, "thread_id")
     user = user_id(request.scope)
     runs = await state.runs.all_thread_runs(thread_id)
     if runs:
@@ -336,7 +339,7 @@ async def get_thread_runs(request: Request) -> Response:
 
 async def get_thread_state(request: Request) -> Response:
     state = app_state(request)
-    thread_id = request.path_params["thread_id"]
+    thread_id = path_id(request, "thread_id")
     user = user_id(request.scope)
     state.runs.check_thread(thread_id, user)
     if user is not None and not state.runs.thread_runs(thread_id):
@@ -384,17 +387,23 @@ async def get_tools(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """200 while this worker can serve everything; 503 with the reason (a load balancer
+    takes it out) while it shuts down or cannot reach its broker."""
     state = app_state(request)
-    status = "ok" if state.runs.accepting else "shutting_down"
-    return JSONResponse(
-        {
-            "status": status,
-            "graphs": len(state.graphs),
-            "tools": len(state.tools),
-            "worker": os.getpid(),
-        },
-        status_code=200 if state.runs.accepting else 503,
-    )
+    health = state.runs.broker.health
+    body: dict[str, Any] = {
+        "status": "ok",
+        "graphs": len(state.graphs),
+        "tools": len(state.tools),
+        "worker": os.getpid(),
+    }
+    if not state.runs.accepting:
+        body["status"] = "shutting_down"
+    elif not health.up:
+        body["status"] = "broker_unavailable"
+        body["reason"] = health.error
+        body["down_for"] = round(time.monotonic() - health.since, 3)
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
 @functools.cache
@@ -451,6 +460,7 @@ def routes() -> list[BaseRoute]:
         Route("/", playground, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/ag-ui/{graph}", agui_endpoint, methods=["POST"]),
         Route("/ai-sdk/{graph}", chat_endpoint, methods=["POST"]),
         Route("/ai-sdk/{graph}/{chat_id}/stream", resume_endpoint, methods=["GET"]),

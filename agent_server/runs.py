@@ -32,6 +32,7 @@ Decisions (read before changing):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -50,7 +51,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphRecursionError
 from langgraph.types import Command
 
-from agent_server.brokers import Broker
+from agent_server.brokers import LOST_AFTER, Broker, BrokerUnavailable, worker_lost
 from agent_server.brokers.memory import MemoryBroker
 from agent_server.frames import (
     TERMINAL_TYPES,
@@ -66,6 +67,9 @@ from agent_server.frames import (
 from agent_server.graphs import AnyGraph, GraphEntry, GraphRegistry
 from agent_server.langgraph_api.parts import PartOptions, PartTranslator
 from agent_server.records import NoRecords, RunRecords
+from agent_server.storage import StorageUnavailable
+from agent_server.streams import StreamError
+from agent_server.supervise import backoff
 from agent_server.translate import STREAM_MODE, EventTranslator, FrameFactory
 
 logger = logging.getLogger("agent_server.runs")
@@ -76,8 +80,6 @@ current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
 )
 
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
-# Seconds after its last heartbeat that a worker's unfinished runs count as lost.
-LOST_AFTER = 6.0
 # The owner of a thread that exists but whose creator is not recorded.
 UNKNOWN_OWNER = "\x00unknown"
 
@@ -126,6 +128,12 @@ class SubscriberTooSlow(Exception):
     """The subscriber fell too far behind the run; it should reconnect and resume."""
 
 
+class ShuttingDown(StreamError):
+    """This worker stops while another worker's run it streams goes on elsewhere."""
+
+    code = "shutting_down"
+
+
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     frame: BaseFrame
@@ -158,6 +166,9 @@ class RunLimits:
     timeout: float = 600.0
     retention_seconds: float = 600.0
     retention_runs: int = 1000
+    # How long a follower of another worker's run waits for an unreachable broker
+    # before it is told ``broker_unavailable`` (and resumes later from its last seq).
+    broker_wait: float = 10.0
 
 
 Entry = TypeVar("Entry", "LogEntry", "RemoteEntry")
@@ -173,9 +184,11 @@ async def follow_log(
     max_lag: int | None = None,
     max_batch: int = 512,
     skip_parts: bool = False,
+    visible: Callable[[], int] | None = None,
 ) -> AsyncIterator[list[Entry]]:
     """Batches of ``log`` after seq ``after``, live, until the terminal frame or until
-    ``finished()`` with nothing left; ``changed`` is set on every append.
+    ``finished()`` with nothing left; ``changed`` is set on every append. ``visible()``,
+    when given, is how much of the log may be read yet (see :meth:`Run.follow`).
 
     With ``skip_parts``, LangGraph API parts (frames of type ``part``) are left out, for
     the native transports: a run started through that API then shows gaps in ``seq``.
@@ -190,11 +203,11 @@ async def follow_log(
     if max_lag is not None:
         max_lag += max(0, len(log) - position)
     while True:
-        available = len(log)
+        available = len(log) if visible is None else visible()
         if position < available:
             if max_lag is not None and not finished() and available - position > max_lag:
                 raise SubscriberTooSlow(f"{available - position} frames behind")
-            batch = log[position : position + max_batch]
+            batch = log[position : min(available, position + max_batch)]
             position += len(batch)
             terminal = batch[-1].type in TERMINAL_TYPES
             if skip_parts:
@@ -216,6 +229,8 @@ async def follow_log(
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, GraphRecursionError):
         return "recursion_limit"
+    if isinstance(exc, StorageUnavailable):
+        return "storage_unavailable"
     return "run_error"
 
 
@@ -245,6 +260,9 @@ class Run:
     subscribers: int = 0
     log: list[LogEntry] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    # With a shared broker: how much of the log is in the broker, and so may be sent
+    # (None: all of it). See follow().
+    shared: int | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -263,13 +281,27 @@ class Run:
     def last_seq(self) -> int:
         return len(self.log)
 
+    # A run executing here is never lost (see RemoteRun.lost).
+    lost = False
+
     def append(self, frame: BaseFrame) -> None:
         if self.first_token_at is None and frame.type == "token":
             self.first_token_at = time.time()
         self.log.append(LogEntry(frame, encode(frame)))
-        # Wakes every waiting follower; later waiters wait for the next append.
+        self._wake()
+
+    def _wake(self) -> None:
+        # Wakes every waiting follower; later waiters wait for the next change.
         self._changed.set()
         self._changed.clear()
+
+    def share(self, upto: int | None) -> None:
+        """The shared broker holds the log up to seq ``upto`` (None: send everything)."""
+        self.shared = upto
+        self._wake()
+
+    def _visible(self) -> int:
+        return len(self.log) if self.shared is None else self.shared
 
     async def follow(
         self,
@@ -279,18 +311,29 @@ class Run:
         max_lag: int | None = None,
         max_batch: int = 512,
         parts: bool = False,
+        unshared: bool = False,
     ) -> AsyncIterator[list[LogEntry]]:
         """Batches of log entries with ``seq > after``, live (see :func:`follow_log`);
-        LangGraph API parts only with ``parts``."""
+        LangGraph API parts only with ``parts``.
+
+        With a shared broker, a follower gets only frames already copied there: then
+        every frame any client saw is in the shared log, and should this worker die, the
+        clients resuming on another worker find exactly what they had, followed by
+        ``worker_lost``. It costs a client here the broker's round trip per batch. While
+        the broker is unreachable, the publisher lifts that bound (``share(None)``): the
+        run's own clients are served meanwhile. ``unshared``: the whole log (for the
+        publisher itself)."""
+        visible = None if unshared else self._visible
         async for batch in follow_log(
             self.log,
-            lambda: self.finished,
+            lambda: self.finished and (unshared or self._visible() >= len(self.log)),
             self._changed,
             after,
             heartbeat=heartbeat,
             max_lag=max_lag,
             max_batch=max_batch,
             skip_parts=not parts and self.parts is not None,
+            visible=visible,
         ):
             yield batch
 
@@ -489,7 +532,7 @@ class RunManager:
         self._finished: deque[tuple[float, str]] = deque()
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.mirrors = Mirrors(self._tasks)
+        self.mirrors = Mirrors(self._tasks, self.limits.broker_wait)
         self._early_cancels: OrderedDict[str, None] = OrderedDict()
 
     # -- queries ---------------------------------------------------------------------
@@ -536,7 +579,10 @@ class RunManager:
         """Until a finished run's final status is what every worker reads."""
         await run.wait()
         if self.broker.shared and isinstance(run, Run):
-            await run.published.wait()
+            # Bounded: with the broker down, the local status is the best answer there is.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.limits.broker_wait):
+                    await run.published.wait()
 
     def thread_runs(self, thread_id: str) -> list[Run]:
         return [self.runs[r] for r in self._threads.get(thread_id, ()) if r in self.runs]
@@ -631,6 +677,8 @@ class RunManager:
         self._remember_owner(run.thread_id, run.owner)
         if queue_position is None:
             queue_position = ahead + 1 if must_wait else 0
+        if self.broker.shared:
+            run.shared = 0  # followers get what the publisher has copied (Run.follow)
         run.start_frame(queue_position=queue_position)
         self._unfinished += 1
         run.task = asyncio.create_task(self._drive(run, before), name=f"run-{run.run_id}")
@@ -715,30 +763,58 @@ class RunManager:
     # -- sharing with other workers ------------------------------------------------------
 
     async def _publish(self, run: Run) -> None:
-        """Copy the run's log and status to the shared broker, batch by batch."""
-        broker = self.broker
+        """Copy the run's log and status to the shared broker, batch by batch.
+
+        An unreachable broker does not end it: it retries (backing off) and resumes after
+        the last seq the broker holds, so a restart that kept the log loses nothing and
+        one that lost it gets the whole log again. It gives up only on a finished run
+        that has been dropped here meanwhile, or when the server shuts down."""
+        failures = 0
         try:
-            await broker.put_record(run.run_id, {**run.record(), "worker": self.worker})
-            run.announced.set()
-            await broker.claim_thread(run.thread_id, run.run_id, force=True)
-            await broker.announce(run.run_id, run.thread_id, self.worker)
-            async for batch in run.follow(parts=True):
-                await broker.publish(run.run_id, [(e.seq, e.type, e.data) for e in batch])
-                await broker.put_record(run.run_id, published_record(run, batch[-1]))
-            await run.wait()
-            await broker.put_record(run.run_id, run.record())
-            await broker.release_thread(run.thread_id, run.run_id)
-            limits = self.limits
-            await broker.expire(
-                run.run_id, limits.retention_seconds, limits.retention_seconds + 86_400
-            )
+            while True:
+                try:
+                    await self._publish_log(run)
+                    return
+                except BrokerUnavailable as exc:
+                    run.announced.set()  # the run goes on here; others see it once back
+                    run.share(None)  # and its clients here get its frames meanwhile
+                    if run.finished and (run.run_id not in self.runs or not self.accepting):
+                        logger.warning("gave up publishing run %s: %s", run.run_id, exc)
+                        return
+                    failures += 1
+                    if failures == 1:
+                        logger.warning("publishing run %s: %s; retrying", run.run_id, exc)
+                    await asyncio.sleep(backoff(failures, 0.1, 2.0))
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("could not publish run %s to the broker", run.run_id)
         finally:
             run.announced.set()  # never leave a route waiting
+            run.share(None)
             run.published.set()
+
+    async def _publish_log(self, run: Run) -> None:
+        broker = self.broker
+        published = await broker.last_seq(run.run_id)
+        if run.shared is None:  # back after an outage: clients here may be further on
+            run.share(published)
+        await broker.put_record(
+            run.run_id, {**published_record(run, published), "worker": self.worker}
+        )
+        run.announced.set()
+        await broker.claim_thread(run.thread_id, run.run_id, force=True)
+        # Again after an outage: rooms on other workers may have missed it.
+        await broker.announce(run.run_id, run.thread_id, self.worker)
+        async for batch in run.follow(published, parts=True, unshared=True):
+            await broker.publish(run.run_id, [(e.seq, e.type, e.data) for e in batch])
+            run.share(batch[-1].seq)
+            await broker.put_record(run.run_id, published_record(run, batch[-1].seq))
+        await run.wait()
+        await broker.put_record(run.run_id, run.record())
+        await broker.release_thread(run.thread_id, run.run_id)
+        limits = self.limits
+        await broker.expire(run.run_id, limits.retention_seconds, limits.retention_seconds + 86_400)
 
     async def enqueue(self, run: Run, strategy: MultitaskStrategy) -> RemoteRun:
         """A background run for any worker: its record now (so every worker can find
@@ -789,7 +865,8 @@ class RunManager:
         )
 
     async def pull_jobs(self) -> None:
-        """Take queued background runs while this worker has a free slot (lifespan task)."""
+        """Take queued background runs while this worker has a free slot (a supervised
+        lifespan job, like the loops below: a broker error ends it, and it restarts)."""
         while True:
             while self._unfinished >= self.limits.max_concurrent or not self.accepting:
                 await asyncio.sleep(0.05)
@@ -836,22 +913,23 @@ class RunManager:
             task.add_done_callback(self._tasks.discard)
 
     async def keep_alive(self, interval: float = 2.0) -> None:
-        """This worker's heartbeat in the broker (lifespan task); its runs are declared
-        lost ``LOST_AFTER`` seconds after the last beat."""
+        """This worker's heartbeat in the broker; its runs are declared lost
+        ``LOST_AFTER`` seconds after the last beat (see :func:`worker_lost`)."""
         while True:
             await self.broker.heartbeat(self.worker, LOST_AFTER)
             await asyncio.sleep(interval)
 
     async def listen_for_announcements(self) -> None:
-        """Runs started on other workers, for the callbacks (lifespan task)."""
+        """Runs started on other workers, for the callbacks."""
         async for run_id, thread_id, worker in self.broker.announcements():
             if worker != self.worker:
                 for callback in self.on_remote_submit:
                     callback(run_id, thread_id)
 
     async def listen_for_cancels(self) -> None:
-        """Cancel requests from any worker, for the runs executing here (lifespan task)."""
-        async for run_id in self.broker.cancel_requests():
+        """Cancel requests from any worker, for the runs executing here. Requests sent
+        while it was not subscribed (a broker outage) are found in the runs' records."""
+        async for run_id in self.broker.cancel_requests(self._missed_cancels):
             run = self.runs.get(run_id)
             if run is not None:
                 run.cancel("cancelled", "cancelled by request")
@@ -859,6 +937,12 @@ class RunManager:
                 self._early_cancels[run_id] = None
                 if len(self._early_cancels) > 1000:
                     self._early_cancels.popitem(last=False)
+
+    async def _missed_cancels(self) -> None:
+        for run in [run for run in self.runs.values() if not run.finished]:
+            record = await self.broker.get_record(run.run_id)
+            if record is not None and record.get("cancel_requested") == "1":
+                run.cancel("cancelled", "cancelled by request")
 
     # -- retention -------------------------------------------------------------------
 
@@ -883,17 +967,24 @@ class RunManager:
                 self._tombstones.popitem(last=False)
 
     async def janitor(self, interval: float = 1.0) -> None:
-        """Prune by time even when no run finishes (runs in the lifespan)."""
+        """Prune by time even when no run finishes (a lifespan job)."""
         while True:
             await asyncio.sleep(interval)
             self.prune()
 
     # -- stopping --------------------------------------------------------------------
 
+    # At shutdown, how long the runs' last frames may take to reach the shared broker.
+    PUBLISH_FLUSH = 2.0
+
+    def _run_tasks(self) -> set[asyncio.Task[None]]:
+        return {run.task for run in self.runs.values() if run.task and not run.task.done()}
+
     async def drain(self, grace: float) -> None:
-        """Stop accepting runs, let running ones finish for ``grace`` s, cancel the rest."""
+        """Stop accepting runs, let running ones finish for ``grace`` s, cancel the rest.
+        (Only this worker's runs are waited for, not streams of other workers' runs.)"""
         self.accepting = False
-        pending = {task for task in self._tasks if not task.done()}
+        pending = self._run_tasks()
         if pending and grace > 0:
             logger.info("waiting up to %g s for %d runs to finish", grace, len(pending))
             await asyncio.wait(pending, timeout=grace)
@@ -903,22 +994,36 @@ class RunManager:
         await self.shutdown()
 
     async def shutdown(self) -> None:
+        """Cancel what runs (each log ends with ``error`` code ``shutdown``), give the
+        publishers ``PUBLISH_FLUSH`` s to copy those last frames to the shared broker (or
+        other workers' followers would see ``worker_lost`` instead), end this worker's
+        streams of other workers' runs with :class:`ShuttingDown` (their clients resume
+        elsewhere), then stop every task left."""
         self.accepting = False
         for run in list(self.runs.values()):
             run.cancel("shutdown", "the server is shutting down")
+        if running := self._run_tasks():
+            await asyncio.wait(running, timeout=self.PUBLISH_FLUSH)
+        if self.broker.shared:
+            unpublished = [run.published.wait() for run in self.runs.values()]
+            if unpublished:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.PUBLISH_FLUSH):
+                        await asyncio.gather(*unpublished)
+        self.mirrors.close(ShuttingDown("this worker is shutting down; resume elsewhere"))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def published_record(run: Run, last: LogEntry) -> dict[str, str]:
-    """The run's record as of its log published up to ``last``: the local log may be
-    further on, and a reader must never see a finished status or a ``last_seq`` whose
-    frames are not in the shared log yet."""
+def published_record(run: Run, published: int) -> dict[str, str]:
+    """The run's record as of its log published up to seq ``published``: the local log
+    may be further on, and a reader must never see a finished status or a ``last_seq``
+    whose frames are not in the shared log yet (the terminal frame is always last)."""
     record = run.record()
-    record["last_seq"] = str(last.seq)
-    if run.finished and last.type not in TERMINAL_TYPES:
+    record["last_seq"] = str(published)
+    if run.finished and published < run.last_seq:
         record["status"] = RunStatus.RUNNING.value
     return record
 
@@ -974,23 +1079,34 @@ class RemoteRun:
     def last_seq(self) -> int:
         return int(self.record.get("last_seq", "0"))
 
-    async def refresh(self) -> None:
+    @property
+    def lost(self) -> bool:
+        """Ended ``worker_lost``: clients of the dead worker may hold frames past the
+        shared log's end (it served them from its own log first); see :meth:`follow`."""
+        return self.record.get("lost") == "1"
+
+    async def refresh(self, known: int = 0) -> None:
+        """Read the record again; end the run if its worker is lost. ``known``: the last
+        seq this worker holds of the log (see :meth:`_end_lost`)."""
         record = await self.broker.get_record(self.run_id)
         if record is not None:
             self.record = record
         worker = self.record.get("worker")
-        if not self.finished and worker and not await self.broker.is_alive(worker):
-            await self._end_lost(worker)
+        if not self.finished and worker and await worker_lost(self.broker, worker):
+            await self._end_lost(worker, known)
 
-    async def _end_lost(self, worker: str) -> None:
+    async def _end_lost(self, worker: str, known: int = 0) -> None:
         """The executing worker died: end the run for everyone, once. The final frame
         follows the last one in the shared log, whatever the record says: the record can
         be ahead of the log (a worker killed between the two writes), and a frame after
-        the record's seq would leave a gap every follower sees."""
+        the record's seq would leave a gap every follower sees. ``known``: how much of
+        the log this worker's mirror holds."""
         seq = await self.broker.last_seq(self.run_id)
         last = await self.broker.read(self.run_id, seq - 1, None) if seq else []
         if last and last[-1][1] in TERMINAL_TYPES:
             return  # it ended after all; the record was just behind
+        # A broker that restarted empty holds less than this worker has read: follow that.
+        seq = max(seq, known)
         frame = Error(
             run_id=self.run_id,
             seq=seq + 1,
@@ -1003,7 +1119,7 @@ class RemoteRun:
             await self.broker.put_record(
                 self.run_id,
                 {"status": RunStatus.ERROR.value, "last_seq": str(frame.seq),
-                 "ended_at": repr(time.time())},
+                 "ended_at": repr(time.time()), "lost": "1"},
             )  # fmt: skip
         await self.refresh_record()
 
@@ -1021,7 +1137,13 @@ class RemoteRun:
         max_batch: int = 512,
         parts: bool = False,
     ) -> AsyncIterator[list[RemoteEntry]]:
-        """Like :meth:`Run.follow`, over this worker's one mirror of the run's log."""
+        """Like :meth:`Run.follow`, over this worker's one mirror of the run's log.
+
+        A lost run's final frame (``worker_lost``) follows the last frame in the shared
+        log. A client of the worker that died may already hold frames beyond it (that
+        worker served its own clients from its own log, ahead of the copy in the
+        broker): resuming from there, it gets that final frame numbered after its own
+        position, so its seqs stay without gap or repeat and its stream ends."""
         mirror = self.mirrors.acquire(self)
         try:
             async for batch in follow_log(
@@ -1039,6 +1161,13 @@ class RemoteRun:
                     return
             if mirror.error is not None:
                 raise mirror.error
+            final = mirror.entries[-1] if mirror.entries else None
+            if final is not None and final.type == "error" and final.seq <= after:
+                await self.refresh_record()
+                if self.lost:
+                    frame = orjson.loads(final.data)
+                    frame["seq"] = after + 1
+                    yield [RemoteEntry(after + 1, "error", dumps(frame))]
         finally:
             self.mirrors.release(self.run_id)
 
@@ -1051,10 +1180,24 @@ class RemoteRun:
         return True
 
     async def _request_cancel(self) -> None:
+        outage = Outage(self.mirrors.broker_wait)
+        while True:
+            try:
+                await self._send_cancel()
+                return
+            except BrokerUnavailable as exc:
+                try:
+                    await outage.wait(exc)
+                except BrokerUnavailable:
+                    logger.warning("could not request the cancel of run %s: %s", self.run_id, exc)
+                    return
+
+    async def _send_cancel(self) -> None:
         # A run still in the queue is taken back out of it (atomically: then no worker
         # will ever start it) and ended here. Otherwise a worker has it: the flag covers
         # the moment between its taking the job and starting the run, the message the
-        # rest.
+        # rest (and a listener that missed the message finds the flag, see
+        # ``RunManager._missed_cancels``).
         job = self.record.get("job")
         if job and await self.broker.remove_job(job.encode()):
             await self._end_queued()
@@ -1082,9 +1225,17 @@ class RemoteRun:
         await self.refresh_record()
 
     async def wait(self) -> None:
+        """Until it has finished; an unreachable broker is waited for ``broker_wait``
+        seconds at most, then :class:`BrokerUnavailable` is raised."""
+        outage = Outage(self.mirrors.broker_wait)
         while not self.finished:
             await asyncio.sleep(0.05)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except BrokerUnavailable as exc:
+                await outage.wait(exc)
+            else:
+                outage.over()
 
     def describe(self) -> dict[str, Any]:
         def number(key: str) -> float | None:
@@ -1120,42 +1271,90 @@ class Mirror:
         self.changed.set()
         self.changed.clear()
 
-    async def pump(self, run: RemoteRun) -> None:
+    async def pump(self, run: RemoteRun, wait: float) -> None:
+        outage = Outage(wait)
         try:
             while True:
-                # Short reads, so that a lost worker is noticed within seconds.
-                found = await run.broker.read(run.run_id, len(self.entries), 2.0)
-                if found:
-                    self.entries.extend(RemoteEntry(*entry) for entry in found)
-                    self._wake()
-                    if self.entries[-1].type in TERMINAL_TYPES:
-                        return
-                    continue
-                await run.refresh()  # ends a run whose worker died (worker_lost)
-                if run.finished and run.last_seq <= len(self.entries):
-                    return
+                try:
+                    # Short reads, so that a lost worker is noticed within seconds.
+                    found = await run.broker.read(run.run_id, len(self.entries), 2.0)
+                    if found:
+                        self.entries.extend(RemoteEntry(*entry) for entry in found)
+                        self._wake()
+                        if self.entries[-1].type in TERMINAL_TYPES:
+                            return
+                    else:
+                        await run.refresh(len(self.entries))  # a dead worker: worker_lost
+                        if run.finished and run.last_seq <= len(self.entries):
+                            return
+                except BrokerUnavailable as exc:
+                    # Followers keep waiting (with their position) until the broker is
+                    # back, then go on from it; past the bound they are told.
+                    await outage.wait(exc)
+                else:
+                    outage.over()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.warning("lost the broker while following run %s: %s", run.run_id, exc)
+            logger.warning("stopped following run %s: %s", run.run_id, exc)
             self.error = exc
         finally:
             self.done = True
             self._wake()
 
 
+class Outage:
+    """A broker outage as a caller rides it out: :meth:`wait` backs off after each
+    failure and raises the failure once the outage has lasted ``limit`` seconds."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.started: float | None = None
+        self.failures = 0
+
+    async def wait(self, error: BrokerUnavailable) -> None:
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        if now - self.started >= self.limit:
+            raise error
+        self.failures += 1
+        await asyncio.sleep(backoff(self.failures, 0.1, 1.0))
+
+    def over(self) -> None:
+        self.started = None
+        self.failures = 0
+
+
 class Mirrors:
     """The mirrors of one worker, by run id; a mirror goes when its last follower does."""
 
-    def __init__(self, tasks: set[asyncio.Task[None]]) -> None:
+    def __init__(self, tasks: set[asyncio.Task[None]], broker_wait: float = 10.0) -> None:
         self.tasks = tasks
+        self.broker_wait = broker_wait
         self.by_run: dict[str, Mirror] = {}
+        self.closed: BaseException | None = None
+
+    def close(self, error: BaseException) -> None:
+        """End every mirror with ``error`` (their followers raise it), and every mirror
+        asked for from now on (at shutdown)."""
+        self.closed = error
+        for mirror in self.by_run.values():
+            mirror.error = error
+            if mirror.task is not None:
+                mirror.task.cancel()
 
     def acquire(self, run: RemoteRun) -> Mirror:
+        if self.closed is not None:
+            ended = Mirror()
+            ended.done, ended.error = True, self.closed
+            return ended
         mirror = self.by_run.get(run.run_id)
         if mirror is None or (mirror.done and mirror.error is not None):
             mirror = self.by_run[run.run_id] = Mirror()
-            mirror.task = asyncio.create_task(mirror.pump(run), name=f"mirror-{run.run_id}")
+            mirror.task = asyncio.create_task(
+                mirror.pump(run, self.broker_wait), name=f"mirror-{run.run_id}"
+            )
             self.tasks.add(mirror.task)
             mirror.task.add_done_callback(self.tasks.discard)
         mirror.followers += 1
@@ -1163,7 +1362,7 @@ class Mirrors:
 
     def release(self, run_id: str) -> None:
         mirror = self.by_run.get(run_id)
-        if mirror is None:
+        if mirror is None or self.closed is not None:
             return
         mirror.followers -= 1
         if mirror.followers <= 0:

@@ -21,20 +21,26 @@ closes the connection, but its transport's close waits until the unsent bytes ar
 written: a client that never reads would hold the socket and those bytes for ever. Once
 a second this server aborts closing connections whose unsent bytes have not moved for
 ``send_timeout``.
+
+Slow clients. The same once-a-second tick closes connections whose request headers or
+body take longer than ``header_timeout`` / ``body_timeout`` (agent_server/http_protocol.py
+holds the reasons); under ``--reload`` (uvicorn's own server) these bounds do not apply.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import socket
-import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+
+from agent_server.http_protocol import close_late, reset
 
 logger = logging.getLogger("agent_server.server")
 
@@ -53,6 +59,7 @@ class Server(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if counter % 10 == 0:  # uvicorn ticks every 0.1 s
             self._abort_stalled_closing()
+            self._close_slow()
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -65,7 +72,20 @@ class Server(uvicorn.Server):
             # closes them with 1012.
             await state.connections.settle(FLUSH_SECONDS)
             await self._flush(FLUSH_SECONDS)
+        self._guard_shutdowns()
         await super().shutdown(sockets)
+
+    def _guard_shutdowns(self) -> None:
+        """uvicorn's shutdown asks every connection to shut down in one loop, and its
+        WebSocket protocol raises (``InvalidState``) for a socket whose client is closing
+        it already: that aborts the whole shutdown (the lifespan's cleanup skipped, exit
+        code 1). Each connection's ``shutdown`` is wrapped so that such a connection is
+        dropped instead (no connection is accepted any more at this point)."""
+        connections = self.server_state.connections
+        for connection in list(connections):
+            connection.shutdown = functools.partial(  # type: ignore[method-assign]
+                _shut_down, connection, connection.shutdown, connections
+            )
 
     def _unsent(self) -> list[tuple[Any, asyncio.WriteTransport, int]]:
         """Open connections with bytes waiting for their client to read."""
@@ -81,9 +101,22 @@ class Server(uvicorn.Server):
         while (unsent := self._unsent()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for _, transport, _ in unsent:
-            _reset(transport)
+            reset(transport)
         if unsent:
             logger.info("aborted %d connections whose clients stopped reading", len(unsent))
+
+    def _close_slow(self) -> None:
+        state = getattr(self.app.state, "agent_server", None)
+        if state is None:
+            return
+        settings = state.settings
+        now = asyncio.get_running_loop().time()
+        closed = close_late(
+            self.server_state.connections, now, settings.header_timeout, settings.body_timeout
+        )
+        for what, count in closed.items():
+            if count:
+                logger.info("closed %d connections whose request %s came too slowly", count, what)
 
     def _abort_stalled_closing(self) -> None:
         state = getattr(self.app.state, "agent_server", None)
@@ -99,17 +132,18 @@ class Server(uvicorn.Server):
                 closing[connection] = (size, now)
             elif now - before[1] >= state.settings.send_timeout:
                 logger.info("aborted a connection whose client stopped reading")
-                _reset(transport)
+                reset(transport)
             else:
                 closing[connection] = before
         self._closing = closing
 
 
-def _reset(transport: asyncio.WriteTransport) -> None:
-    """Abort with a reset (SO_LINGER 0): a plain close would leave the kernel holding the
-    unsent bytes in FIN-WAIT-1 for a client that never reads them."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
+def _shut_down(connection: Any, shutdown: Callable[[], None], connections: set[Any]) -> None:
+    try:
+        shutdown()
+    except Exception as exc:
+        logger.info("dropped a connection that could not shut down cleanly: %s", exc)
+        transport = getattr(connection, "transport", None)
+        if transport is not None:
+            transport.abort()
+        connections.discard(connection)

@@ -144,6 +144,20 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         10.0, ge=0, description="On SIGTERM, seconds running runs get to finish."
     )
+
+    # Outages of the shared services (docs/reliability.md).
+    broker_wait: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a stream of another worker's run waits for an unreachable "
+        "broker before it ends with error broker_unavailable (the client resumes).",
+    )
+    storage_wait: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a checkpoint or record write retries while PostgreSQL is "
+        "unreachable before the run fails with storage_unavailable.",
+    )
     log_json: bool = Field(False, description="Write logs as one JSON object per line.")
 
     # Authentication (docs/auth.md).
@@ -182,6 +196,17 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(1_000_000, gt=0, description="Larger messages: close 1009.")
     ws_rate_limit: float = Field(20.0, gt=0, description="Client messages per second, sustained.")
     ws_rate_burst: int = Field(60, ge=1, description="Client messages allowed in a burst.")
+
+    # Slow clients and connections, per worker (docs/configuration.md, "Connections").
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a request's headers may take to arrive; 408 past it."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request's body may take to arrive; 408 past it."
+    )
+    max_connections: int = Field(
+        10_000, ge=1, description="Open connections per worker; later ones get 503."
+    )
 
     @field_validator("graphs", mode="before")
     @classmethod

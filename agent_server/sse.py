@@ -15,6 +15,12 @@ Decisions (read before changing):
   :class:`~agent_server.streams.Streams` spaces writes so bursts form batches and
   bounds slow subscribers.
 - Every stream starts with ``retry:``, so the browser's reconnect delay is ours.
+- A follower of another worker's run whose stream ends while the run goes on (its
+  broker stays unreachable past ``broker_wait``: ``broker_unavailable``; this worker
+  shuts down: ``shutting_down``) gets an ``error`` frame of that code with ``seq`` 0 and
+  no ``id:`` (it is not in the run's log: ``Last-Event-ID`` stays on the last frame
+  received), then ``[DONE]``; the client reconnects with ``Last-Event-ID`` and loses
+  nothing. The connection is never just dropped, nor ended as if the run had.
 - A client whose ``send`` stays blocked for ``send_timeout`` stopped reading: the
   response gives up and throws :class:`SendTimeout` into its body, so that
   :func:`run_events` counts it with the subscribers dropped for lagging
@@ -33,8 +39,9 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from agent_server.frames import Error, encode, now_ms
 from agent_server.runs import LogEntry, RemoteEntry, RemoteRun, Run, SubscriberTooSlow
-from agent_server.streams import Streams
+from agent_server.streams import StreamError, Streams
 
 logger = logging.getLogger("agent_server.sse")
 
@@ -63,11 +70,14 @@ async def run_events(
     retry: bool = True,
     render: Callable[[list[LogEntry] | list[RemoteEntry]], bytes] | None = None,
     end: bytes = DONE,
+    stream_error: Callable[[str, str, str], bytes] | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body for a run: its frames after ``after``, live, then ``end``.
 
     ``render`` replaces the native events (one per frame, see :func:`format_events`) with
     another format; the LangGraph API's renders its parts, which it then also receives.
+    ``stream_error(run_id, code, message)`` renders a stream error in that format (the
+    native one is :func:`stream_error_event`).
 
     A subscriber that falls too far behind gets a comment saying so and the stream ends
     *without* ``[DONE]``: the client reconnects with ``Last-Event-ID`` and resumes.
@@ -101,6 +111,9 @@ async def run_events(
             logger.info("dropped a slow SSE subscriber of run %s: %s", run.run_id, exc)
             yield b": too slow (%b); reconnect with Last-Event-ID to resume\n\n" % str(exc).encode()
             return
+        except StreamError as exc:
+            logger.warning("ended a stream of run %s: %s", run.run_id, exc)
+            yield (stream_error or stream_error_event)(run.run_id, exc.code, str(exc))
         except SendTimeout:
             streams.dropped_slow += 1
             logger.info(
@@ -113,6 +126,12 @@ async def run_events(
             run.subscribers -= 1
     if end:
         yield end
+
+
+def stream_error_event(run_id: str, code: str, message: str) -> bytes:
+    """A stream error as an event without ``id:`` (see the module docstring)."""
+    frame = Error(run_id=run_id, seq=0, ts=now_ms(), code=code, message=message)
+    return b"data: %b\n\n" % encode(frame)
 
 
 class SendTimeout(Exception):

@@ -15,6 +15,7 @@ from agent_server.metrics import Metrics
 from agent_server.runs import RunManager
 from agent_server.settings import Settings
 from agent_server.streams import Streams
+from agent_server.supervise import Supervisor
 from agent_server.threads import MemoryThreads, ThreadRecords
 from agent_server.tools import ToolRegistry
 
@@ -32,6 +33,8 @@ class AppState:
     connections: ConnectionManager
     # client id -> agent_server.ws.Session (typed loosely: ws imports this module)
     sessions: dict[str, Any]
+    # the lifespan's background jobs (restarted when they fail)
+    supervisor: Supervisor = field(default_factory=Supervisor)
     # what the LangGraph API keeps of threads besides their checkpoints
     threads: ThreadRecords = field(default_factory=MemoryThreads)
     started_at: float = field(default_factory=time.time)

@@ -24,6 +24,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 
+class StreamError(Exception):
+    """Ends one client's stream of a run, not the run: the client is told with an
+    ``error`` frame of ``seq`` 0 and this ``code`` (docs/protocol.md, "Stream errors")
+    and resumes from the last seq it received, here or on another worker."""
+
+    code = "stream_error"
+
+
 @dataclass
 class Streams:
     """Shared by every stream of one app (created in the lifespan, not global)."""

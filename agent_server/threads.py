@@ -20,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
+
+if TYPE_CHECKING:
+    from agent_server.storage import StorageRetry
 
 SortBy = Literal["thread_id", "created_at", "updated_at"]
 SortOrder = Literal["asc", "desc"]
@@ -266,15 +269,19 @@ class PostgresThreads(SqlThreads):
         ON agent_server_threads USING GIN (metadata)""",
     )
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, retry: StorageRetry) -> None:
         self.pool = pool
+        self.retry = retry
 
     async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async with self.pool.connection() as connection:
-            cursor = await connection.execute(sql, params)
-            if cursor.description is None:
-                return []
-            return list(await cursor.fetchall())
+        async def run() -> list[Any]:
+            async with self.pool.connection() as connection:
+                cursor = await connection.execute(sql, params)
+                if cursor.description is None:
+                    return []
+                return list(await cursor.fetchall())
+
+        return await self.retry(run)
 
     async def search(
         self,
@@ -311,11 +318,12 @@ async def open_thread_records(checkpointer: Any) -> ThreadRecords:
     PostgreSQL's table is created with the saver's, under its start-up lock
     (:mod:`agent_server.checkpoints`); SQLite's here.
     """
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    if isinstance(checkpointer, AsyncPostgresSaver):
-        return PostgresThreads(checkpointer.conn)
+    from agent_server.storage import RetryingPostgresSaver
+
+    if isinstance(checkpointer, RetryingPostgresSaver):
+        return PostgresThreads(checkpointer.conn, checkpointer.retry)
     if isinstance(checkpointer, AsyncSqliteSaver):
         threads = SqliteThreads(checkpointer.conn, checkpointer.lock)
         await threads.setup()

@@ -47,7 +47,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketState
 
 from agent_server.auth import SUBPROTOCOL, User
+from agent_server.brokers import BrokerUnavailable
 from agent_server.connections import Connection, ConnectionManager, SendText
+from agent_server.cursors import MAX_SEQ
 from agent_server.graphs import UnknownGraphError
 from agent_server.runs import (
     Forbidden,
@@ -57,8 +59,9 @@ from agent_server.runs import (
     RunRejected,
     SubscriberTooSlow,
 )
-from agent_server.schemas import THREAD_ID_PATTERN, RunConfig
+from agent_server.schemas import THREAD_ID_PATTERN, ClientId, RunConfig
 from agent_server.state import AppState
+from agent_server.streams import StreamError
 
 logger = logging.getLogger("agent_server.ws")
 
@@ -91,13 +94,13 @@ class RunMessage(_Message):
 
 class CancelMessage(_Message):
     type: Literal["cancel"]
-    run_id: str
+    run_id: ClientId
 
 
 class ResumeMessage(_Message):
     type: Literal["resume"]
-    run_id: str | None = None
-    thread_id: str | None = None
+    run_id: ClientId | None = None
+    thread_id: ClientId | None = None
     graph: str | None = None
     value: Any = None
     client_run_id: str | None = Field(None, max_length=200)
@@ -105,9 +108,9 @@ class ResumeMessage(_Message):
 
 class SubscribeMessage(_Message):
     type: Literal["subscribe", "unsubscribe"]
-    run_id: str | None = None
-    thread_id: str | None = None
-    after: int = Field(0, ge=0)
+    run_id: ClientId | None = None
+    thread_id: ClientId | None = None
+    after: int = Field(0, ge=0, le=MAX_SEQ)  # cursors.parse_seq's bound
 
 
 class RoomMessage(_Message):
@@ -249,6 +252,8 @@ class Session:
             await self.error("graph_not_found", str(exc), request_type, client_run_id)
         except RunRejected as exc:
             await self.error(exc.code, exc.message, request_type, client_run_id)
+        except BrokerUnavailable as exc:
+            await self.error("broker_unavailable", str(exc), request_type, client_run_id)
 
     async def error(
         self, code: str, message: str, request: str | None, client_run_id: str | None
@@ -375,7 +380,7 @@ class Session:
         if message.type == "subscribe":
             if message.run_id is not None:
                 run = await self.find_run(message.run_id)
-                if run.finished and message.after > run.last_seq:
+                if run.finished and not run.lost and message.after > run.last_seq:
                     raise ClientError("invalid_message", f"after={message.after} is beyond the log")
                 self.explicit.add(run.run_id)
                 self.follow(run, message.after)
@@ -471,6 +476,12 @@ class Session:
         except (SubscriberTooSlow, TimeoutError):
             streams.dropped_slow += 1
             await self.close_soon(CLOSE_SLOW, "too slow to keep up; reconnect and resume")
+        except StreamError as exc:
+            # The socket stays; this run's stream ends. ``subscribe`` with ``after``
+            # resumes it (once the broker is back; on another worker).
+            await self.send(
+                {"type": "error", "code": exc.code, "message": str(exc), "run_id": run.run_id}
+            )
         except Exception:
             # The socket went away (its transport calls end()) or sending failed.
             logger.debug("stopped following run %s", run.run_id, exc_info=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
-from agent_server.brokers import Broker, open_broker
+from agent_server.brokers import Broker, BrokerUnavailable, open_broker
 from tests.services import redis_prefix
 
 
@@ -102,3 +103,75 @@ async def test_job_queue(broker: Broker) -> None:
     assert await broker.pop_job(1) == b"j1"  # first in, first out
     assert await broker.pop_job(1) == b"j3"
     assert await broker.queue_length() == 0
+
+
+async def test_last_seq_is_the_logs_top(broker: Broker) -> None:
+    assert await broker.last_seq("r-top") == 0
+    await broker.publish("r-top", [(1, "run_start", b"a"), (2, "token", b"b")])
+    assert await broker.last_seq("r-top") == 2
+    assert await broker.append_next("r-top", (3, "error", b"c"))
+    assert await broker.last_seq("r-top") == 3
+
+
+async def test_cancel_listeners_are_told_once_subscribed(broker: Broker) -> None:
+    received: list[str] = []
+    subscribed = asyncio.Event()
+
+    async def on_subscribed() -> None:
+        # Anything published from here on must arrive: this is where a listener that
+        # resubscribed looks for requests it missed.
+        await broker.request_cancel("r-after")
+        subscribed.set()
+
+    async def listen() -> None:
+        async for run_id in broker.cancel_requests(on_subscribed):
+            received.append(run_id)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.wait_for(subscribed.wait(), 5)
+    for _ in range(40):
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    listener.cancel()
+    assert received == ["r-after"]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # nothing listens there once closed
+
+
+async def test_an_unreachable_redis_raises_broker_unavailable_and_marks_health() -> None:
+    broker = open_broker(f"redis://127.0.0.1:{closed_port()}/0", prefix="nowhere")
+    assert broker.health.up
+    calls = [
+        broker.get_record("r"),
+        broker.publish("r", [(1, "run_start", b"x")]),
+        broker.read("r", 0, 0.1),
+        broker.last_seq("r"),
+        broker.heartbeat("w", 6),
+        broker.pop_job(0.1),
+    ]
+    for call in calls:
+        with pytest.raises(BrokerUnavailable, match="Redis is unreachable"):
+            await call
+    assert not broker.health.up
+    assert broker.health.errors == len(calls) and broker.health.outages == 1
+    assert broker.health.error is not None and "Connect" in broker.health.error
+    with pytest.raises(BrokerUnavailable):
+        async for _ in broker.cancel_requests():
+            pass
+    await broker.close()
+
+
+async def test_health_comes_back_with_the_first_call_that_succeeds() -> None:
+    with redis_prefix() as (url, prefix):
+        broker = open_broker(url, prefix=prefix)
+        broker.health.failed(ConnectionError("down"))
+        assert not broker.health.up and not broker.health.steady(0)
+        await broker.put_record("r-up", {"status": "running"})
+        assert broker.health.up and broker.health.steady(0)
+        assert not broker.health.steady(5)  # up again only just now
+        await broker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -10,8 +11,11 @@ import orjson
 import pytest
 from httpx_sse import connect_sse
 
+from agent_server.app import create_app
 from agent_server.frames import parse_frame
 from tests import sample_graphs
+from tests.conftest import test_settings
+from tests.live import live_server
 
 
 def stream(url: str, body: dict[str, Any]) -> tuple[httpx.Response, list[Any], list[str]]:
@@ -153,6 +157,42 @@ def test_graphs_tools_health(server: str) -> None:
     assert by_name["calculator"]["args_schema"]["properties"]["expression"]["type"] == "string"
     assert by_name["calculator"]["description"]
     assert health.status_code == 200
+
+
+def test_a_worker_without_its_broker_says_so_and_keeps_trying() -> None:
+    """Redis unreachable (a closed port): /healthz answers 503 with the reason, /metrics
+    shows it, and the background jobs are retried, not dead; routes that need Redis
+    answer 503 ``broker_unavailable``, and runs local to the worker still stream."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = test_settings(broker_url=f"redis://127.0.0.1:{port}/0", broker_wait=1)
+    with live_server(create_app(settings)) as url, httpx.Client(timeout=30) as client:
+        deadline = time.monotonic() + 20
+        while (health := client.get(f"{url}/healthz")).status_code == 200:
+            assert time.monotonic() < deadline, "the outage was never noticed"
+            time.sleep(0.1)
+        assert health.status_code == 503
+        body = health.json()
+        assert body["status"] == "broker_unavailable"
+        assert "Connect" in body["reason"] and body["down_for"] >= 0
+        time.sleep(1.0)  # a few restarts
+        metrics = client.get(f"{url}/metrics").text
+        assert "agent_server_broker_up 0.0" in metrics
+        restarts = {
+            line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("agent_server_background_restarts_total{")
+        }
+        assert {"heartbeat", "queue", "cancels", "announcements", "presence"} <= set(restarts)
+        assert restarts["heartbeat"] >= 2 and restarts["queue"] >= 1
+        queued = client.post(f"{url}/runs", json={"graph": "agent", "message": "hi"})
+        assert queued.status_code == 503 and queued.headers["retry-after"] == "2"
+        assert queued.json()["code"] == "broker_unavailable"
+        elsewhere = client.get(f"{url}/runs/00000000-0000-0000-0000-000000000000")
+        assert elsewhere.status_code == 503
+        local = client.post(f"{url}/runs/stream", json={"graph": "agent", "message": "2+2"})
+        assert local.status_code == 200 and b'"type":"done"' in local.content
 
 
 @pytest.mark.parametrize(

@@ -318,3 +318,37 @@ async def test_thread_owner_is_read_back_from_the_checkpoints() -> None:
         fresh.check_thread("unowned", "alice")
     fresh.check_thread("unowned", None)  # auth off: allowed
     await anonymous.shutdown()
+
+
+async def test_with_a_shared_broker_followers_get_only_what_is_shared() -> None:
+    """``Run.share``: a follower never gets a frame the shared broker does not hold yet
+    (however many are in the log, batch size aside); ``share(None)`` lifts the bound."""
+    run = new_run(graph=TICKER, text="x")
+    run.shared = 0
+    for seq in range(1, 6):
+        run.append(Token(run_id=run.run_id, seq=seq, ts=0, content=f"t{seq}"))
+    received: list[int] = []
+
+    async def follow() -> None:
+        async for batch in run.follow(max_batch=512):
+            received.extend(entry.seq for entry in batch)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.01)
+    assert received == []
+    run.share(2)
+    await asyncio.sleep(0.01)
+    assert received == [1, 2]
+    run.share(None)
+    await asyncio.sleep(0.01)
+    assert received == [1, 2, 3, 4, 5]
+    run.status = RunStatus.ERROR
+    run.shared = 5
+    run.append(Error(run_id=run.run_id, seq=6, ts=0, code="x", message="x"))
+    await asyncio.sleep(0.01)
+    assert received == [1, 2, 3, 4, 5] and not follower.done()  # finished, not shared
+    run.share(6)
+    await asyncio.wait_for(follower, 1)
+    assert received == [1, 2, 3, 4, 5, 6]
+    whole = [e.seq async for b in run.follow(unshared=True) for e in b]
+    assert whole == [1, 2, 3, 4, 5, 6]

@@ -24,12 +24,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
+from agent_server.streams import StreamError
+
 # (seq, frame type, the frame's JSON)
 Entry = tuple[int, str, bytes]
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(StreamError):
     """The shared broker cannot be reached now (connection refused, reset, loading...)."""
+
+    code = "broker_unavailable"
 
 
 class BrokerHealth:
@@ -64,6 +68,16 @@ class BrokerHealth:
     def steady(self, seconds: float) -> bool:
         """Reachable without a break for at least ``seconds``."""
         return self.up and time.monotonic() - self.since >= seconds
+
+
+# Seconds after its last heartbeat that a worker counts as gone (it beats every 2 s).
+LOST_AFTER = 6.0
+
+
+async def worker_lost(broker: Broker, worker: str) -> bool:
+    """Has ``worker`` stopped? Only judged once this worker has reached the broker for
+    longer than a heartbeat lives (see :class:`BrokerHealth`); until then, no."""
+    return broker.health.steady(LOST_AFTER) and not await broker.is_alive(worker)
 
 
 class Broker(Protocol):

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agent_server.brokers import BrokerUnavailable
+from agent_server.cursors import BadCursor, parse_id
 from agent_server.langgraph_api.parts import dumps_part
 from agent_server.runs import Forbidden, RunRejected
 from agent_server.schemas import Model, RequestError, read_model
@@ -44,7 +46,11 @@ def endpoint(
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         try:
+            for name, value in request.path_params.items():  # ids, before any lookup
+                parse_id(value, name)
             return await handler(request, request.app.state.agent_server)
+        except BadCursor as exc:
+            return error_json(422, str(exc), "validation_error")
         except APIError as exc:
             return error_json(exc.status, exc.detail, exc.code)
         except RequestError as exc:
@@ -56,6 +62,10 @@ def endpoint(
             return response
         except Forbidden as exc:
             return error_json(403, exc.message, "forbidden")
+        except BrokerUnavailable as exc:
+            response = error_json(503, str(exc), "broker_unavailable")
+            response.headers["Retry-After"] = "2"
+            return response
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "body"

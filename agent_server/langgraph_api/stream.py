@@ -80,6 +80,12 @@ def render_parts(
     return render
 
 
+def stream_error(run_id: str, code: str, message: str) -> bytes:
+    """A stream error (``broker_unavailable``) as LangGraph's ``error`` event, without an
+    id: the client resumes from the last one it saw."""
+    return b"event: error\ndata: %b\n\n" % dumps({"error": code, "message": message})
+
+
 def stream(
     state: AppState,
     run: Run | RemoteRun,
@@ -101,6 +107,7 @@ def stream(
             retry=False,
             render=render_parts(run.run_id, modes),
             end=b"",
+            stream_error=stream_error,
         ),
         headers=headers,
         on_disconnect=client_gone(run, "cancel" if cancel_on_disconnect else "continue", 0),
@@ -168,6 +175,7 @@ async def thread_events(
             retry=False,
             render=render_parts(run.run_id, modes, prefix),
             end=b"",
+            stream_error=stream_error,
         ):
             yield chunk
         if not run.finished:
