@@ -65,6 +65,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_server.auth import user_id
+from agent_server.cursors import BadCursor, parse_id
 from agent_server.frames import (
     BaseFrame,
     Custom,
@@ -80,7 +81,7 @@ from agent_server.frames import (
     Interrupt as InterruptFrame,
 )
 from agent_server.runs import Run
-from agent_server.schemas import read_model
+from agent_server.schemas import RequestError, read_model
 from agent_server.sse import SSEResponse
 from agent_server.translate import text_of
 
@@ -288,6 +289,10 @@ async def agui_endpoint(request: Request) -> Response:
     state = app_state(request)
     entry = state.graphs.get(request.path_params["graph"])
     body = await read_model(request, RunAgentInput, state.settings.max_body_bytes)
+    try:
+        parse_id(body.thread_id, "threadId")
+    except BadCursor as exc:
+        raise RequestError(422, "validation_error", str(exc)) from None
     user = user_id(request.scope)
     await state.runs.load_thread_owner(body.thread_id, entry)
     state.runs.check_thread(body.thread_id, user)

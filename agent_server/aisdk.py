@@ -43,7 +43,7 @@ from agent_server.frames import (
     dumps,
 )
 from agent_server.runs import Run
-from agent_server.schemas import THREAD_ID_PATTERN, RequestError, read_model
+from agent_server.schemas import THREAD_ID_PATTERN, RequestError, path_id, read_model
 from agent_server.sse import DONE, SSEResponse
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
@@ -210,7 +210,7 @@ async def resume_endpoint(request: Request) -> Response:
     from agent_server.routes import app_state, stream_headers
 
     state = app_state(request)
-    chat = request.path_params["chat_id"]
+    chat = path_id(request, "chat_id")
     state.runs.check_thread(chat, user_id(request.scope))
     active = [r for r in state.runs.thread_runs(chat) if not r.finished]
     if not active:

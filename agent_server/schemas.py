@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from starlette.requests import Request
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from agent_server.cursors import BadCursor, parse_seq
+from agent_server.cursors import ID_PATTERN, BadCursor, parse_id, parse_seq
 from agent_server.frames import dumps
 
 Model = TypeVar("Model", bound=BaseModel)
 
 THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+
+
+def _storable(value: Any) -> Any:
+    """Refuse a NUL anywhere in JSON bound for PostgreSQL (its ``jsonb`` cannot hold
+    ``\\u0000``: a thread's metadata with one was a 500)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item)
+    return value
+
+
+# An id a client names (cursors.parse_id), and JSON objects the server stores.
+ClientId = Annotated[
+    str, AfterValidator(parse_id), WithJsonSchema({"type": "string", "pattern": ID_PATTERN})
+]
+StoredJSON = Annotated[dict[str, Any], AfterValidator(_storable)]
 
 
 class RunConfig(BaseModel):
@@ -23,7 +54,7 @@ class RunConfig(BaseModel):
 
     configurable: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: StoredJSON = Field(default_factory=dict)  # a checkpoint's, in PostgreSQL
     recursion_limit: int = Field(25, ge=1, le=10_000)
 
 
@@ -68,6 +99,20 @@ class JSONResponse(Response):
         return dumps(content)
 
 
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every native error's body (what :func:`error_response` writes), as documented."""
+
+    code: str = Field(description="Stable, machine-readable: `run_not_found`, ...")
+    message: str
+    errors: list[ErrorItem] | None = Field(None, description="422 only: every invalid field.")
+
+
 def error_response(
     status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None
 ) -> JSONResponse:
@@ -100,6 +145,14 @@ class RequestError(Exception):
         return error_response(self.status, self.code, self.message)
 
 
+def path_id(request: Request, name: str) -> str:
+    """An id from the path (``/runs/{run_id}``), or 422 (:func:`cursors.parse_id`)."""
+    try:
+        return parse_id(request.path_params[name], name)
+    except BadCursor as exc:
+        raise RequestError(422, "validation_error", str(exc)) from None
+
+
 def _too_long(declared: str, limit: int) -> bool:
     try:
         return parse_seq(declared, "content-length") > limit
@@ -114,11 +167,17 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left, or the server closed it for a body slower than its bound
+        # (agent_server/http_protocol.py, which answered 408): this answer goes nowhere,
+        # but ends the route quietly instead of as an "unhandled error".
+        raise RequestError(400, "client_disconnected", "the body did not arrive") from None
     return b"".join(chunks)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +39,10 @@ def server() -> Iterator[str]:
     """A live server (real uvicorn, loopback) shared by a test module."""
     with live_server(create_app(test_settings())) as url:
         yield url
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fuzz suite's figures (tests/test_fuzz.py), whatever the capture mode."""
+    fuzzing = sys.modules.get("tests.fuzzing")
+    if fuzzing is not None and fuzzing.REPORT.sent:
+        terminalreporter.write_line(fuzzing.REPORT.line())

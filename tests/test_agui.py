@@ -163,3 +163,12 @@ def test_a_cancelled_run_finishes_with_outcome_cancelled(server: str) -> None:
                     client.post(f"{server}/runs/{run_id}/cancel")
     check_order(events)
     assert events[-1].outcome.type == "cancelled"
+
+
+def test_a_thread_id_with_a_nul_is_refused(server: str) -> None:
+    """A NUL in ``threadId`` reached PostgreSQL's checkpoints and was a 500 there."""
+    body = {"threadId": "a\x00b", "runId": "r", "state": {}, "messages": [], "tools": [],
+            "context": [], "forwardedProps": {}}  # fmt: skip
+    response = httpx.post(f"{server}/ag-ui/agent", json=body, timeout=30)
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"
+    assert "threadId" in response.json()["message"]

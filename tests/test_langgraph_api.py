@@ -442,6 +442,33 @@ async def test_bad_requests_get_langgraph_errors(url: str) -> None:
 
 
 @ours
+async def test_bad_ids_and_cursors_are_refused_in_langgraph_shape(url: str) -> None:
+    """Regressions: a NUL in an id or in stored metadata reached PostgreSQL and was a 500
+    there; 4,301-digit and non-ASCII digits in ``Last-Event-ID`` were 500s (issue 14)."""
+    huge = "9" * 4301
+    async with httpx.AsyncClient(base_url=url) as http:
+        thread = (await http.post("/threads", json={})).json()["thread_id"]
+        refused = [
+            await http.get("/threads/a%00b"),
+            await http.get(f"/threads/{thread}/state/a%00b"),
+            await http.post("/threads", json={"thread_id": "a\x00b"}),
+            await http.post("/threads", json={"metadata": {"k": "a\x00b"}}),
+            await http.post("/threads/search", json={"ids": ["x" * 129]}),
+            await http.post(f"/threads/{thread}/history", json={"before": "a\x00b"}),
+            await http.get(f"/threads/{thread}/stream", headers={"Last-Event-ID": f"{huge}-1"}),
+            await http.get(
+                f"/threads/{thread}/stream", headers={"Last-Event-ID": "1-\u00b2".encode("latin-1")}
+            ),
+        ]
+    for response in refused:
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"] and response.json()["code"] in (
+            "validation_error",
+            "bad_event_id",
+        )
+
+
+@ours
 def test_threads_belong_to_their_user() -> None:
     settings = test_settings(graphs=GRAPHS, auth="api_keys", api_keys={"alice": "ka", "bob": "kb"})
     with live_server(create_app(settings)) as base:

@@ -337,3 +337,33 @@ def test_cancel_a_run_still_waiting_for_a_slot(server: str) -> None:
         for run in busy:
             client.post(f"{server}/runs/{run['run_id']}/cancel")
     assert [f.type for f in log] == ["run_start", "error"] and log[-1].code == "cancelled"
+
+
+def test_bad_cursors_and_ids_are_400_and_422(server: str) -> None:
+    """Regressions (issue 14): ``?after=²`` and 4,301-digit seqs were 500s; a NUL in a
+    path id reached PostgreSQL and was a 500 there (tests/test_fuzz.py)."""
+    huge = "9" * 4301
+    with httpx.Client(base_url=server, timeout=30) as client:
+        run_id = client.post("/runs/wait", json={"graph": "agent", "message": "hi"}).json()
+        run_id = run_id["run_id"]
+        cursors = [
+            client.get(f"/runs/{run_id}/stream", params={"after": "\u00b2"}),
+            client.get(f"/runs/{run_id}/stream", params={"after": huge}),
+            client.get(f"/runs/{run_id}/stream", headers={"Last-Event-ID": huge}),
+            client.get("/runs/stream", headers={"Last-Event-ID": f"{run_id}:{huge}"}),
+        ]
+        ids = [
+            client.get("/runs/a%00b"),
+            client.get("/runs/a%00b/stream"),
+            client.post("/runs/a%00b/cancel"),
+            client.get("/threads/a%00b/runs"),
+            client.get(f"/threads/{'x' * 129}/state"),
+            client.get("/ai-sdk/agent/a%00b/stream"),
+        ]
+    for response in cursors:
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "invalid_last_event_id"
+    for response in ids:
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "validation_error"
+        assert "control characters" in response.json()["message"]

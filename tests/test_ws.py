@@ -224,6 +224,11 @@ async def test_subscribe_to_a_run_started_over_http(url: str, app_and_url: tuple
         ('{"type": "cancel", "run_id": "nope"}', "run_not_found"),
         ('{"type": "join"}', "invalid_message"),
         ('{"type": "resume", "value": 1}', "invalid_message"),
+        # A NUL in a thread id reached PostgreSQL and killed the socket there; a seq past
+        # cursors.MAX_SEQ is refused as the HTTP routes refuse it.
+        ('{"type": "resume", "thread_id": "a\\u0000b", "graph": "agent"}', "invalid_message"),
+        ('{"type": "subscribe", "thread_id": "a\\u0000b"}', "invalid_message"),
+        ('{"type": "subscribe", "run_id": "r", "after": 1000000000000000000}', "invalid_message"),
     ],
 )
 async def test_bad_input_gets_an_error_and_the_socket_stays(

@@ -1,4 +1,4 @@
-"""Request bodies of the LangGraph API, as its SDKs send them.
+"""Request bodies of the LangGraph API, as its SDKs send them, and its error body.
 
 Unknown fields are ignored rather than refused: the SDKs send every field they know,
 including ones this server does not act on (``webhook``, ``feedback_keys``...), and
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent_server.schemas import ClientId, StoredJSON
 
 StreamMode = Literal[
     "values", "updates", "messages-tuple", "messages", "custom", "events", "debug",
@@ -31,9 +33,9 @@ class RunCreate(Body):
     assistant_id: str = Field(min_length=1)
     input: Any = None
     command: CommandBody | None = None
-    config: dict[str, Any] | None = None
+    config: StoredJSON | None = None  # its metadata is the checkpoints'
     context: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: StoredJSON | None = None
     stream_mode: list[StreamMode] = Field(default_factory=lambda: ["values"])  # type: ignore[arg-type]
     stream_subgraphs: bool = False
     stream_resumable: bool = False
@@ -42,8 +44,8 @@ class RunCreate(Body):
     if_not_exists: Literal["create", "reject"] = "reject"
     interrupt_before: Literal["*"] | list[str] | None = None
     interrupt_after: Literal["*"] | list[str] | None = None
-    checkpoint: dict[str, Any] | None = None
-    checkpoint_id: str | None = None
+    checkpoint: StoredJSON | None = None
+    checkpoint_id: ClientId | None = None
     on_completion: Literal["delete", "keep"] = "delete"
     durability: Literal["sync", "async", "exit"] | None = None
 
@@ -61,14 +63,14 @@ class RunCreate(Body):
 
 
 class ThreadCreate(Body):
-    thread_id: str | None = Field(None, min_length=1, max_length=128)
-    metadata: dict[str, Any] | None = None
+    thread_id: ClientId | None = None
+    metadata: StoredJSON | None = None
     if_exists: Literal["raise", "do_nothing"] = "raise"
 
 
 class ThreadSearch(Body):
-    ids: list[str] | None = None
-    metadata: dict[str, Any] | None = None
+    ids: list[ClientId] | None = None
+    metadata: StoredJSON | None = None
     values: dict[str, Any] | None = None
     status: Literal["idle", "busy", "interrupted", "error"] | None = None
     limit: int = Field(10, ge=1, le=1000)
@@ -78,26 +80,26 @@ class ThreadSearch(Body):
 
 
 class ThreadUpdate(Body):
-    metadata: dict[str, Any] | None = None
+    metadata: StoredJSON | None = None
 
 
 class StateUpdate(Body):
     values: Any = None
     as_node: str | None = None
-    checkpoint: dict[str, Any] | None = None
-    checkpoint_id: str | None = None
+    checkpoint: StoredJSON | None = None
+    checkpoint_id: ClientId | None = None
 
 
 class StateAt(Body):
-    checkpoint: dict[str, Any]
+    checkpoint: StoredJSON
     subgraphs: bool = False
 
 
 class HistoryQuery(Body):
     limit: int = Field(10, ge=1, le=1000)
-    before: dict[str, Any] | str | None = None
-    metadata: dict[str, Any] | None = None
-    checkpoint: dict[str, Any] | None = None
+    before: StoredJSON | ClientId | None = None
+    metadata: StoredJSON | None = None
+    checkpoint: StoredJSON | None = None
 
 
 class AssistantSearch(Body):
@@ -108,3 +110,12 @@ class AssistantSearch(Body):
     offset: int = Field(0, ge=0)
     sort_by: Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
+
+
+class LangGraphError(BaseModel):
+    """The body of every error a LangGraph API handler answers (``http.error_json``):
+    LangGraph's ``detail``, which its SDKs print, with our ``code`` beside it."""
+
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] | None = Field(None, description="422 only.")
