@@ -20,6 +20,8 @@ from agent_server.console import ConsoleRenderer
 from agent_server.logs import log_config
 from agent_server.settings import Settings, parse_graph_specs
 
+logger = logging.getLogger("agent_server.cli")
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -91,21 +93,60 @@ def _settings(args: argparse.Namespace) -> Settings:
 GC_THRESHOLDS = (50_000, 20, 50)
 
 
+# Descriptors a worker holds besides client connections: the listening socket, logs,
+# database and Redis pools, the event loop's own (about 15 with memory:// storage).
+FD_RESERVE = 50
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (the default soft limit, often 1024,
+    would bound the connections long before ``max_connections``), and say what it is."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, max_connections + FD_RESERVE)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            logger.info("file-descriptor limit raised from %d to %d", soft, target)
+            soft = target
+        except (ValueError, OSError) as exc:
+            logger.warning("file-descriptor limit stays %d: %s", soft, exc)
+    else:
+        logger.info("file-descriptor limit %d", soft)
+    if soft != resource.RLIM_INFINITY and soft - FD_RESERVE < max_connections:
+        logger.warning(
+            "the file-descriptor limit (%d) is below max_connections (%d) + %d: this worker "
+            "has room for only about %d connections, and past that new ones are closed "
+            "unanswered as they are accepted; raise the hard limit (ulimit -Hn, "
+            "LimitNOFILE=) or lower AGENT_SERVER_MAX_CONNECTIONS",
+            soft,
+            max_connections,
+            FD_RESERVE,
+            max(soft - FD_RESERVE, 0),
+        )
+
+
 def _serve(settings: Settings, reload: bool, *, shared_port: bool = False) -> int:
     import uvicorn
 
     from agent_server.app import create_app
+    from agent_server.http_protocol import HttpProtocol
     from agent_server.server import Server
 
     gc.set_threshold(*GC_THRESHOLDS)
     print(f"agent-server on http://{settings.host}:{settings.port}/", flush=True)
+    raise_fd_limit(settings.max_connections)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
         "log_config": log_config(settings.log_level, json=settings.log_json),
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, with bounds on slow headers and bodies and an accept-time cap on
+        # connections (agent_server/http_protocol.py reads the cap from limit_concurrency).
+        "http": HttpProtocol,
+        "limit_concurrency": settings.max_connections,
         # Runs are drained before connections close (agent_server/server.py); this only
         # bounds what is left, e.g. a client that stopped reading.
         "timeout_graceful_shutdown": 3,
