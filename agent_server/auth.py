@@ -40,8 +40,10 @@ logger = logging.getLogger("agent_server.auth")
 
 SUBPROTOCOL = "agent-server.v1"
 BEARER_PROTOCOL_PREFIX = "bearer."
-# Routes that answer without a token: probes and scrapers.
-OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+# Routes that answer without a token: probes and scrapers, and what holds no data: the
+# playground page (a browser sends no header when it navigates; the page then asks for
+# the token and sends it itself) and the OpenAPI document.
+OPEN_PATHS = frozenset({"/healthz", "/metrics", "/", "/openapi.json"})
 
 
 @dataclass(frozen=True)

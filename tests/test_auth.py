@@ -44,6 +44,10 @@ def test_http_needs_a_valid_bearer_token(server: str) -> None:
         wrong = client.get(f"{server}/graphs", headers=bearer("nope"))
         ok = client.get(f"{server}/graphs", headers=bearer("key-alice"))
         health = client.get(f"{server}/healthz")
+        page = client.get(f"{server}/")  # static: it asks for the token itself
+        tools = client.get(f"{server}/tools")
+    assert page.status_code == 200 and b"API key or token" in page.content
+    assert tools.status_code == 401
     assert missing.status_code == 401 and missing.json()["code"] == "unauthorized"
     assert missing.headers["www-authenticate"].startswith("Bearer")
     assert wrong.status_code == 401 and wrong.json()["message"] == "invalid token"
