@@ -1,0 +1,48 @@
+"""PostgreSQL away for longer than ``storage_wait``: runs fail clearly, then recover."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.faults.checks import assert_complete
+from tests.faults.clients import SseFollower, gather
+from tests.faults.cluster import Cluster
+from tests.faults.scenarios import body, seq_reached
+
+pytestmark = pytest.mark.slow
+
+CLUSTER_SETTINGS = {"AGENT_SERVER_STORAGE_WAIT": "2"}
+
+
+async def test_past_storage_wait_a_run_fails_with_storage_unavailable(running: Cluster) -> None:
+    a, b = running.workers
+    streaming = SseFollower("through@a", a.url, body=body(tokens=80, pause=0.01))
+    streaming.start()
+    await seq_reached(streaming, 20)
+    stopped = time.monotonic()
+    await asyncio.to_thread(running.postgres.stop, "immediate")
+    (failed,) = await gather([streaming], timeout=20)
+    failed_after = (failed.final_at or 0) - stopped
+    assert_complete(failed, ends={"storage_unavailable"})
+    assert "PostgreSQL unreachable for 2 s" in str(failed.final)
+    await asyncio.to_thread(running.postgres.start)
+    restarted = time.monotonic()
+    # The pool reconnects by itself (psycopg_pool, with its own backoff); a client
+    # retries a run that failed meanwhile.
+    recovered: dict[str, float] = {}
+    for worker in (a, b):
+        while True:
+            (recording,) = await gather([SseFollower("after", worker.url, body=body())], 30)
+            if recording.outcome != "storage_unavailable":
+                break
+            assert time.monotonic() - restarted < 30, "storage never recovered"
+        assert_complete(recording, ends={"done"})
+        recovered[worker.name] = round(time.monotonic() - restarted, 1)
+    print(
+        f"\nPostgreSQL down past storage_wait (2 s): the run in flight ended "
+        f"storage_unavailable {failed_after:.1f} s after the stop; once it was back, "
+        f"runs succeeded again after (s) {recovered}"
+    )
