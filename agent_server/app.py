@@ -73,6 +73,7 @@ async def open_state(
             ),
             broker,
             records,
+            event_source=settings.event_source,
         )
         runs.graphs = graphs
         streams = Streams(

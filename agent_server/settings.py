@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     max_queued_runs: int = Field(1000, ge=0, description="Runs waiting for a slot; 429 past it.")
     run_timeout: float = Field(600.0, gt=0, description="Default run timeout, seconds.")
     tool_timeout: float = Field(120.0, gt=0, description="Timeout of one tool call, seconds.")
+    event_source: Literal["callbacks", "events"] = Field(
+        "callbacks",
+        description="How runs learn what a graph does: 'callbacks' (an inline callback "
+        "handler plus stream modes, the fast default) or 'events' (astream_events v2, the "
+        "reference the frames are defined by). Both give the same frames.",
+    )
     retention_seconds: float = Field(600.0, ge=0, description="Finished runs' logs are kept...")
     retention_runs: int = Field(1000, ge=0, description="...and at most this many of them.")
     subscriber_max_lag: int = Field(

@@ -30,7 +30,8 @@ Decisions:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
@@ -167,18 +168,59 @@ class EventTranslator:
         }
 
     def translate(self, event: StreamEvent) -> list[BaseFrame]:
+        """The frames of one ``astream_events`` v2 event (the oracle source)."""
         handler = self._handlers.get(event["event"])
         return handler(event) if handler is not None else []
+
+    # -- astream_events: each event's facts, handed to the methods below ------------
 
     def _on_chat_model_stream(self, event: StreamEvent) -> list[BaseFrame]:
         chunk = event["data"].get("chunk")
         if chunk is None:
             return []
+        return self.token(chunk, event.get("tags") or (), event["metadata"])
+
+    def _on_chat_model_end(self, event: StreamEvent) -> list[BaseFrame]:
+        return self.model_end(event["data"].get("output"))
+
+    def _on_tool_start(self, event: StreamEvent) -> list[BaseFrame]:
+        run_id = event["run_id"]
+        tool_call_id = self.tool_call_ids.by_run.get(run_id)
+        return self.tool_start(
+            run_id, tool_call_id, event["name"], event["data"].get("input"), event["metadata"]
+        )
+
+    def _on_tool_end(self, event: StreamEvent) -> list[BaseFrame]:
+        return self.tool_end(event["run_id"], event["name"], event["data"].get("output"))
+
+    def _on_tool_error(self, event: StreamEvent) -> list[BaseFrame]:
+        data = event["data"]
+        return self.tool_error(
+            event["run_id"], event["name"], data.get("error"), data.get("tool_call_id")
+        )
+
+    def _on_custom_event(self, event: StreamEvent) -> list[BaseFrame]:
+        return self.custom_event(event["name"], event["data"])
+
+    def _on_chain_stream(self, event: StreamEvent) -> list[BaseFrame]:
+        if event["parent_ids"]:
+            return []  # only the root graph's stream carries our stream modes
+        chunk = event["data"].get("chunk")
+        if not isinstance(chunk, tuple) or len(chunk) != 3:
+            return []
+        ns, mode, payload = chunk
+        return self.stream_chunk(ns, mode, payload)
+
+    # -- the facts, whichever source reports them (see agent_server/sources.py) -------
+
+    def token(
+        self, chunk: Any, tags: Sequence[str], metadata: Mapping[str, Any]
+    ) -> list[BaseFrame]:
+        """A chat model's streamed chunk (an ``AIMessageChunk``)."""
         content = chunk.content
         text = content if isinstance(content, str) else text_of(content)
-        if not text or NOSTREAM_TAG in event.get("tags", ()):
+        if not text or NOSTREAM_TAG in tags:
             return []
-        metadata = event["metadata"]
         if chunk.id != self._last_message_id:
             self._last_message_id = chunk.id
             if chunk.id:
@@ -193,8 +235,8 @@ class EventTranslator:
             )
         ]
 
-    def _on_chat_model_end(self, event: StreamEvent) -> list[BaseFrame]:
-        output = event["data"].get("output")
+    def model_end(self, output: Any) -> list[BaseFrame]:
+        """A chat model's whole answer: its usage counts."""
         usage = getattr(output, "usage_metadata", None) if isinstance(output, BaseMessage) else None
         if usage:
             self.usage.input_tokens += usage.get("input_tokens", 0)
@@ -202,16 +244,21 @@ class EventTranslator:
             self.usage.total_tokens += usage.get("total_tokens", 0)
         return []
 
-    def _on_tool_start(self, event: StreamEvent) -> list[BaseFrame]:
-        run_id = event["run_id"]
+    def tool_start(
+        self,
+        run_id: str,
+        tool_call_id: str | None,
+        name: str,
+        input: Any,
+        metadata: Mapping[str, Any],
+    ) -> list[BaseFrame]:
         self._tool_started[run_id] = time.perf_counter()
-        metadata = event["metadata"]
         return [
             self.make(
                 ToolStart,
-                tool_call_id=self.tool_call_ids.by_run.get(run_id),
-                name=event["name"],
-                input=event["data"].get("input"),
+                tool_call_id=tool_call_id,
+                name=name,
+                input=input,
                 node=metadata.get("langgraph_node"),
                 namespace=namespace_of(metadata),
             )
@@ -222,9 +269,8 @@ class EventTranslator:
         duration = None if started is None else round((time.perf_counter() - started) * 1e3, 3)
         return self.tool_call_ids.by_run.pop(run_id, None), duration
 
-    def _on_tool_end(self, event: StreamEvent) -> list[BaseFrame]:
-        tool_call_id, duration = self._finish_tool(event["run_id"])
-        output = event["data"].get("output")
+    def tool_end(self, run_id: str, name: str, output: Any) -> list[BaseFrame]:
+        tool_call_id, duration = self._finish_tool(run_id)
         if isinstance(output, ToolMessage):
             tool_call_id = output.tool_call_id or tool_call_id
             if output.status == "error":
@@ -233,7 +279,7 @@ class EventTranslator:
                     self.make(
                         ToolError,
                         tool_call_id=tool_call_id,
-                        name=event["name"],
+                        name=name,
                         error=text_of(output.content) or "tool failed",
                         duration_ms=duration,
                     )
@@ -242,35 +288,31 @@ class EventTranslator:
             self.make(
                 ToolEnd,
                 tool_call_id=tool_call_id,
-                name=event["name"],
+                name=name,
                 output=tool_output(output),
                 duration_ms=duration,
             )
         ]
 
-    def _on_tool_error(self, event: StreamEvent) -> list[BaseFrame]:
-        tool_call_id, duration = self._finish_tool(event["run_id"])
-        data = event["data"]
+    def tool_error(
+        self, run_id: str, name: str, error: Any, tool_call_id: str | None
+    ) -> list[BaseFrame]:
+        known_id, duration = self._finish_tool(run_id)
         return [
             self.make(
                 ToolError,
-                tool_call_id=data.get("tool_call_id") or tool_call_id,
-                name=event["name"],
-                error=error_text(data.get("error")),
+                tool_call_id=tool_call_id or known_id,
+                name=name,
+                error=error_text(error),
                 duration_ms=duration,
             )
         ]
 
-    def _on_custom_event(self, event: StreamEvent) -> list[BaseFrame]:
-        return [self.make(Custom, name=event["name"], data=event["data"])]
+    def custom_event(self, name: str, data: Any) -> list[BaseFrame]:
+        return [self.make(Custom, name=name, data=data)]
 
-    def _on_chain_stream(self, event: StreamEvent) -> list[BaseFrame]:
-        if event["parent_ids"]:
-            return []  # only the root graph's stream carries our stream modes
-        chunk = event["data"].get("chunk")
-        if not isinstance(chunk, tuple) or len(chunk) != 3:
-            return []
-        ns, mode, payload = chunk
+    def stream_chunk(self, ns: tuple[str, ...], mode: str, payload: Any) -> list[BaseFrame]:
+        """A chunk of the root graph's stream modes (``STREAM_MODE``), subgraphs included."""
         if mode == "custom":
             if (
                 isinstance(payload, Mapping)
@@ -306,8 +348,11 @@ class EventTranslator:
             for message in _messages_in(update):
                 if not isinstance(message, AIMessage) or message.id in self._seen_messages:
                     continue
-                if message.id:
-                    self._seen_messages.add(message.id)
+                if message.id is None:
+                    # As LangGraph's messages mode does, before the state's reducer would:
+                    # the frame and the state then name the message alike.
+                    message.id = str(uuid.uuid4())
+                self._seen_messages.add(message.id)
                 text = text_of(message.content)
                 if text:
                     frames.append(

@@ -13,6 +13,7 @@ from langgraph.pregel import Pregel
 from agent_server.frames import BaseFrame
 from agent_server.graphs import GraphEntry
 from agent_server.runs import Run
+from agent_server.sources import EventSource
 
 
 def entry(graph: Pregel, name: str = "test") -> GraphEntry:
@@ -22,11 +23,17 @@ def entry(graph: Pregel, name: str = "test") -> GraphEntry:
 
 
 async def run_frames(
-    graph: Pregel | GraphEntry, input: Any, *, thread_id: str | None = None
+    graph: Pregel | GraphEntry,
+    input: Any,
+    *,
+    thread_id: str | None = None,
+    source: EventSource = "callbacks",
 ) -> list[BaseFrame]:
     """Execute a run in-process and return its frames."""
     graph_entry = graph if isinstance(graph, GraphEntry) else entry(graph)
-    run = Run(graph=graph_entry, input=input, thread_id=thread_id or str(uuid.uuid4()))
+    run = Run(
+        graph=graph_entry, input=input, thread_id=thread_id or str(uuid.uuid4()), source=source
+    )
     await run.execute()
     return [item.frame for item in run.log]
 

@@ -195,7 +195,10 @@ async def test_raw_objects_in_frames_encode() -> None:
 
 
 async def test_custom_events_from_stream_writer_and_dispatch() -> None:
-    frames = await run_frames(react(), user('/reporter {"steps": 2}'))
+    # astream_events' own handler awaits a gather on every dispatched event, which lets
+    # the graph's stream deliver the writer's output first: this order is that source's
+    # (tests/test_sources.py compares the default source with it, per mechanism).
+    frames = await run_frames(react(), user('/reporter {"steps": 2}'), source="events")
     check_envelope(frames)
     customs = [(f.name, f.data) for f in frames if isinstance(f, Custom)]
     # Stream-writer output is queued by LangGraph while callback events are immediate, so

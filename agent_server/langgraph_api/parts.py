@@ -148,6 +148,7 @@ class PartTranslator:
 
     def __init__(self, make: FrameFactory, options: PartOptions) -> None:
         self.make = make
+        self.options = options
         self.modes = frozenset(options.modes)
         self.subgraphs = options.subgraphs
         self.tuples = "messages-tuple" in self.modes
@@ -159,34 +160,96 @@ class PartTranslator:
         self._partial: dict[str, BaseMessageChunk] = {}
 
     def translate(self, event: StreamEvent) -> list[BaseFrame]:
+        """The parts of one ``astream_events`` v2 event (the oracle source)."""
         parts: list[BaseFrame] = []
         kind = event["event"]
         if self.events:
             parts.append(self._part("events", (), event))
         if kind == "on_chain_stream":
             if not event["parent_ids"]:
-                parts.extend(self._stream_chunk(event))
-        elif self._messages:
-            if kind == "on_chat_model_stream":
-                meta = self._meta.get(event["run_id"])
                 chunk = event["data"].get("chunk")
-                if meta is not None and isinstance(chunk, BaseMessage):
-                    parts.extend(self._emit(meta, chunk))
+                if isinstance(chunk, tuple) and len(chunk) == 3:
+                    parts.extend(self.stream_chunk(*chunk))
+        elif self._messages:
+            run_id = event["run_id"]
+            if kind == "on_chat_model_stream":
+                parts.extend(self.model_chunk(run_id, event["data"].get("chunk")))
             elif kind == "on_chat_model_start":
-                self._start_model(event)
+                self.model_start(run_id, event.get("tags") or [], event.get("metadata"))
             elif kind == "on_chat_model_end":
-                meta = self._meta.pop(event["run_id"], None)
-                output = event["data"].get("output")
-                if meta is not None and isinstance(output, BaseMessage):
-                    parts.extend(self._emit(meta, output, dedupe=True))
+                parts.extend(self.model_end(run_id, event["data"].get("output")))
             elif kind == "on_chain_start":
-                self._start_node(event)
+                data = event["data"]
+                self.node_start(
+                    run_id, event["name"], event.get("tags") or (), event.get("metadata"),
+                    data.get("input"),
+                )  # fmt: skip
             elif kind == "on_chain_end":
-                meta = self._meta.pop(event["run_id"], None)
-                if meta is not None:
-                    for message in _messages_in(event["data"].get("output")):
-                        parts.extend(self._emit(meta, message, dedupe=True))
+                parts.extend(self.node_end(run_id, event["data"].get("output")))
         return parts
+
+    # -- the facts, whichever source reports them (see agent_server/sources.py) -------
+
+    @property
+    def wants_messages(self) -> bool:
+        """Whether model and node starts and ends matter (the messages modes)."""
+        return self._messages
+
+    def model_start(
+        self, run_id: str, tags: Sequence[str], metadata: Mapping[str, Any] | None
+    ) -> None:
+        if NOSTREAM_TAG in tags:
+            return
+        meta = self._visible(metadata)
+        if meta is not None:
+            meta["tags"] = [tag for tag in tags if not tag.startswith(("seq:step", "graph:step"))]
+            self._meta[run_id] = Meta(meta)
+
+    def model_chunk(self, run_id: str, chunk: Any) -> list[BaseFrame]:
+        meta = self._meta.get(run_id)
+        if meta is None or not isinstance(chunk, BaseMessage):
+            return []
+        return self._emit(meta, chunk)
+
+    def model_end(self, run_id: str, output: Any) -> list[BaseFrame]:
+        meta = self._meta.pop(run_id, None)
+        if meta is None or not isinstance(output, BaseMessage):
+            return []
+        return self._emit(meta, output, dedupe=True)
+
+    def node_start(
+        self,
+        run_id: str,
+        name: str,
+        tags: Sequence[str],
+        metadata: Mapping[str, Any] | None,
+        input: Any,
+    ) -> None:
+        metadata = metadata or {}
+        if name != metadata.get("langgraph_node") or HIDDEN_TAG in tags:
+            return
+        meta = self._visible(metadata)
+        if meta is None:
+            return
+        self._meta[run_id] = Meta(meta)
+        for message in _messages_in(input):
+            if message.id is not None:
+                self._seen.add(message.id)
+
+    def node_end(self, run_id: str, output: Any) -> list[BaseFrame]:
+        meta = self._meta.pop(run_id, None)
+        if meta is None:
+            return []
+        parts: list[BaseFrame] = []
+        for message in _messages_in(output):
+            parts.extend(self._emit(meta, message, dedupe=True))
+        return parts
+
+    def stream_chunk(self, ns: tuple[str, ...], mode: str, payload: Any) -> list[BaseFrame]:
+        """A chunk of the root graph's stream modes, subgraphs included."""
+        if mode not in self.modes or (ns and not self.subgraphs):
+            return []
+        return [self._part(mode, ns, payload)]
 
     def _part(self, mode: str, ns: Sequence[str], data: Any, *, raw: bytes | None = None) -> Part:
         return self.make.trusted(
@@ -195,42 +258,10 @@ class PartTranslator:
             data=dumps_part(data) if raw is None else raw,
         )
 
-    def _stream_chunk(self, event: StreamEvent) -> list[BaseFrame]:
-        chunk = event["data"].get("chunk")
-        if not isinstance(chunk, tuple) or len(chunk) != 3:
-            return []
-        ns, mode, payload = chunk
-        if mode not in self.modes or (ns and not self.subgraphs):
-            return []
-        return [self._part(mode, ns, payload)]
-
     def _visible(self, metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if not metadata or (namespace(metadata) and not self.subgraphs):
             return None
         return {k: v for k, v in metadata.items() if k not in DROPPED_METADATA}
-
-    def _start_model(self, event: StreamEvent) -> None:
-        tags = event.get("tags") or []
-        if NOSTREAM_TAG in tags:
-            return
-        meta = self._visible(event.get("metadata"))
-        if meta is not None:
-            meta["tags"] = [tag for tag in tags if not tag.startswith(("seq:step", "graph:step"))]
-            self._meta[event["run_id"]] = Meta(meta)
-
-    def _start_node(self, event: StreamEvent) -> None:
-        metadata = event.get("metadata") or {}
-        if event["name"] != metadata.get("langgraph_node") or HIDDEN_TAG in (
-            event.get("tags") or ()
-        ):
-            return
-        meta = self._visible(metadata)
-        if meta is None:
-            return
-        self._meta[event["run_id"]] = Meta(meta)
-        for message in _messages_in(event["data"].get("input")):
-            if message.id is not None:
-                self._seen.add(message.id)
 
     def _emit(self, meta: Meta, message: BaseMessage, *, dedupe: bool = False) -> list[BaseFrame]:
         if message.id is None:

@@ -30,6 +30,7 @@ from agent_server.langgraph_api.parts import PartOptions
 from agent_server.records import NoRecords, RunRecords
 from agent_server.runs.remote import Mirrors, RemoteRun, ShuttingDown
 from agent_server.runs.run import FINISHED, Run, RunStatus
+from agent_server.sources import EventSource
 from agent_server.supervise import backoff
 
 logger = logging.getLogger("agent_server.runs")
@@ -83,8 +84,11 @@ class RunManager:
         limits: RunLimits | None = None,
         broker: Broker | None = None,
         records: RunRecords | None = None,
+        *,
+        event_source: EventSource = "callbacks",
     ) -> None:
         self.limits = limits or RunLimits()
+        self.event_source = event_source  # for every run (agent_server/sources.py)
         self.broker: Broker = broker or MemoryBroker()
         self.records: RunRecords = records or NoRecords()
         self.runs: dict[str, Run] = {}
@@ -242,6 +246,7 @@ class RunManager:
                 )
         if run.timeout is None:
             run.timeout = self.limits.timeout
+        run.source = self.event_source
         run.multitask_strategy = strategy
         self.runs[run.run_id] = run
         self._threads.setdefault(run.thread_id, []).append(run.run_id)

@@ -26,8 +26,9 @@ from agent_server.frames import (
 from agent_server.graphs import AnyGraph, GraphEntry
 from agent_server.langgraph_api.parts import PartOptions, PartTranslator
 from agent_server.runs.log import LogEntry, follow_log
+from agent_server.sources import DRIVERS, EventSource
 from agent_server.storage import StorageUnavailable
-from agent_server.translate import STREAM_MODE, EventTranslator, FrameFactory
+from agent_server.translate import EventTranslator, FrameFactory
 
 logger = logging.getLogger("agent_server.runs")
 
@@ -90,6 +91,8 @@ class Run:
     # Awaited when the run gets its turn, before the graph starts (e.g. a rollback of
     # the run it replaces); it may change ``config``. Not kept with queued jobs.
     prepare: Callable[[Run], Awaitable[None]] | None = None
+    # Where the frames come from (agent_server/sources.py); the manager sets it.
+    source: EventSource = "callbacks"
     subscribers: int = 0
     log: list[LogEntry] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
@@ -200,7 +203,6 @@ class Run:
         translator = EventTranslator(make, resumable=graph.checkpointer is not None)
         self.translator = translator
         config: RunnableConfig = {**self.config}
-        config["callbacks"] = [translator.tool_call_ids]
         configurable = dict(config.get("configurable") or {})
         configurable["thread_id"] = self.thread_id
         config["configurable"] = configurable
@@ -228,27 +230,14 @@ class Run:
     ) -> None:
         make = self.make
         parts = PartTranslator(make, self.parts) if self.parts is not None else None
-        stream_mode = STREAM_MODE + (self.parts.graph_modes() if self.parts else [])
+        # LangGraph's "events" stream mode is astream_events' own output.
+        source = "events" if self.parts and "events" in self.parts.modes else self.source
+        drive = DRIVERS[source]
         try:
             async with asyncio.timeout(self.timeout) as deadline:
-                events = graph.astream_events(
-                    self.input,
-                    config,
-                    version="v2",
-                    stream_mode=stream_mode,
-                    subgraphs=True,
-                    **self.stream_kwargs,
+                await drive(
+                    graph, self.input, config, translator, parts, self.append, self.stream_kwargs
                 )
-                if parts is None:
-                    async for event in events:
-                        for frame in translator.translate(event):
-                            self.append(frame)
-                else:
-                    async for event in events:
-                        for frame in translator.translate(event):
-                            self.append(frame)
-                        for frame in parts.translate(event):
-                            self.append(frame)
         except TimeoutError as exc:
             if not deadline.expired():  # a TimeoutError of the graph's own: a failure
                 self._fail(exc)
