@@ -276,7 +276,7 @@ async def agui_events(run: Any, translator: AGUITranslator) -> AsyncIterator[byt
     async for batch in run.follow():
         chunk = b""
         for entry in batch:
-            values = run.translator.values if entry.type == "done" and run.translator else None
+            values = run.values if entry.type == "done" else None
             chunk += b"".join(encode_event(e) for e in translator.frame(entry.frame, values))
         if chunk:
             yield chunk

@@ -69,6 +69,7 @@ async def open_state(
                 timeout=settings.run_timeout,
                 retention_seconds=settings.retention_seconds,
                 retention_runs=settings.retention_runs,
+                retention_bytes=settings.retention_bytes,
                 broker_wait=settings.broker_wait,
             ),
             broker,

@@ -32,9 +32,9 @@ from typing import Any, Literal
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
-from agent_server.frames import BaseFrame, parse_frame
+from agent_server.frames import BaseFrame
 from agent_server.routes import launch_run, stream_response
-from agent_server.runs import LogEntry, MultitaskStrategy, RemoteRun, Run, RunManager
+from agent_server.runs import MultitaskStrategy, RemoteRun, Run, RunManager
 from agent_server.schemas import RunRequest
 from agent_server.sse import SSEResponse
 from agent_server.state import AppState
@@ -91,7 +91,7 @@ class AgentRun:
         """Its frames after seq ``after``, live, up to the terminal ``done`` or ``error``."""
         async for batch in self.run.follow(after):
             for entry in batch:
-                yield entry.frame if isinstance(entry, LogEntry) else parse_frame(entry.data)
+                yield entry.frame
 
     def __aiter__(self) -> AsyncIterator[BaseFrame]:
         return self.frames()

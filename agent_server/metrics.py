@@ -48,6 +48,11 @@ class _Live(Collector):
             "Subscribers dropped for falling too far behind.",
             value=self.streams.dropped_slow,
         )
+        yield GaugeMetricFamily(
+            "agent_server_retained_log_bytes",
+            "Bytes of finished runs' logs kept for late joiners (compressed).",
+            value=self.runs.retained_bytes,
+        )
         health = self.runs.broker.health
         yield GaugeMetricFamily(
             "agent_server_broker_up",

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     )
     retention_seconds: float = Field(600.0, ge=0, description="Finished runs' logs are kept...")
     retention_runs: int = Field(1000, ge=0, description="...and at most this many of them.")
+    retention_bytes: int = Field(
+        256 * 2**20,
+        ge=0,
+        description="...and at most this many bytes of them (compressed); the oldest go first.",
+    )
     subscriber_max_lag: int = Field(
         10_000, ge=1, description="Frames a subscriber may fall behind before it is dropped."
     )

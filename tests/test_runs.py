@@ -166,6 +166,29 @@ async def test_retention_drops_old_runs_and_leaves_tombstones() -> None:
     await manager.shutdown()
 
 
+async def test_finished_logs_are_compact_and_retention_counts_their_bytes() -> None:
+    manager = RunManager(RunLimits(retention_runs=100, retention_seconds=60))
+    first = manager.submit(new_run(thread="b0"))
+    await first.wait()
+    await asyncio.sleep(0)
+    assert first.log.compacted and first.translator is None and first.values is not None
+    size = first.log.nbytes
+    assert manager.retained_bytes == size
+    # Room for two more of the same size: the oldest goes first, and is gone (410).
+    room = size * 5 // 2
+    manager.limits = RunLimits(retention_runs=100, retention_seconds=60, retention_bytes=room)
+    later = [manager.submit(new_run(thread=f"b{i}")) for i in (1, 2)]
+    await asyncio.gather(*(r.wait() for r in later))
+    await asyncio.sleep(0)
+    assert manager.get(first.run_id) is None and await manager.is_gone(first.run_id)
+    assert all(manager.get(r.run_id) for r in later)
+    assert manager.retained_bytes <= room
+    frames = [e.frame async for batch in later[0].follow() for e in batch]  # a late joiner
+    assert frames[0].type == "run_start" and frames[-1].type == "done"
+    assert later[0].result()["status"] == "success"
+    await manager.shutdown()
+
+
 async def test_slow_subscriber_is_dropped_run_carries_on() -> None:
     manager = RunManager()
     run = manager.submit(new_run(TICKER))

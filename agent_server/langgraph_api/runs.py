@@ -246,13 +246,13 @@ async def final_values(state: AppState, run: Run | RemoteRun) -> Any:
     if run.status in (RunStatus.ERROR, RunStatus.TIMEOUT) or (
         run.status == RunStatus.CANCELLED and isinstance(run, Run)
     ):
-        last = run.log[-1].frame if isinstance(run, Run) and run.log else None
+        last = run.final if isinstance(run, Run) else None
         code = getattr(last, "code", "error")
         message = getattr(last, "message", "the run failed")
         return {"__error__": {"error": code, "message": message}}
-    if isinstance(run, Run) and run.translator is not None:
-        values = run.translator.values
-        interrupts = [e.frame for e in run.log if e.type == "interrupt"]
+    if isinstance(run, Run) and run.final is not None:
+        values = run.values
+        interrupts = run.interrupts
         if interrupts and isinstance(values, dict):
             values = {
                 **values,

@@ -29,7 +29,7 @@ Decisions (read before changing):
   does with the same strategy names.
 """
 
-from agent_server.runs.log import Entry, LogEntry, RemoteEntry, SubscriberTooSlow, follow_log
+from agent_server.runs.log import Log, LogEntry, RemoteEntry, SubscriberTooSlow, follow_log
 from agent_server.runs.manager import (
     UNKNOWN_OWNER,
     Forbidden,
@@ -44,8 +44,8 @@ from agent_server.runs.run import FINISHED, Run, RunStatus, current_run, error_c
 __all__ = [
     "FINISHED",
     "UNKNOWN_OWNER",
-    "Entry",
     "Forbidden",
+    "Log",
     "LogEntry",
     "Mirror",
     "Mirrors",

@@ -68,6 +68,7 @@ class RunLimits:
     timeout: float = 600.0
     retention_seconds: float = 600.0
     retention_runs: int = 1000
+    retention_bytes: int = 256 * 2**20  # the finished logs kept, compressed
     # How long a follower of another worker's run waits for an unreachable broker
     # before it is told ``broker_unavailable`` (and resumes later from its last seq).
     broker_wait: float = 10.0
@@ -105,6 +106,7 @@ class RunManager:
         self._running = 0  # holding a slot
         self._threads: dict[str, list[str]] = {}
         self._finished: deque[tuple[float, str]] = deque()
+        self._retained_bytes = 0  # of the finished runs' logs kept
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.mirrors = Mirrors(self._tasks, self.limits.broker_wait)
@@ -119,6 +121,11 @@ class RunManager:
     @property
     def active(self) -> int:
         return self._running
+
+    @property
+    def retained_bytes(self) -> int:
+        """Bytes of the finished runs' logs kept for late joiners (for /metrics)."""
+        return self._retained_bytes
 
     def get(self, run_id: str) -> Run | None:
         return self.runs.get(run_id)
@@ -331,9 +338,11 @@ class RunManager:
         run.task = None  # no run -> task -> run cycle for the collector to find later
         self._save(run)
         self._unfinished -= 1
-        self._finished.append((time.monotonic(), run.run_id))
         for callback in self.on_finish:
             callback(run)
+        run.log.compact()  # bytes only from now on (agent_server/runs/log.py)
+        self._finished.append((time.monotonic(), run.run_id))
+        self._retained_bytes += run.log.nbytes
         self.prune()
 
     # -- sharing with other workers ------------------------------------------------------
@@ -523,16 +532,19 @@ class RunManager:
     # -- retention -------------------------------------------------------------------
 
     def prune(self, now: float | None = None) -> None:
-        """Drop finished runs past the retention time or count; leave tombstones."""
+        """Drop finished runs past the retention time, count or bytes (the oldest first);
+        leave tombstones."""
         now = time.monotonic() if now is None else now
         limits = self.limits
         while self._finished and (
             len(self._finished) > limits.retention_runs
             or now - self._finished[0][0] > limits.retention_seconds
+            or self._retained_bytes > limits.retention_bytes
         ):
             _, run_id = self._finished.popleft()
             run = self.runs.pop(run_id, None)
             if run is not None:
+                self._retained_bytes -= run.log.nbytes
                 ids = self._threads.get(run.thread_id)
                 if ids is not None:
                     ids.remove(run_id)

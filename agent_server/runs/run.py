@@ -16,6 +16,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 
 from agent_server.frames import (
+    TERMINAL_TYPES,
     BaseFrame,
     Done,
     Error,
@@ -25,7 +26,7 @@ from agent_server.frames import (
 )
 from agent_server.graphs import AnyGraph, GraphEntry
 from agent_server.langgraph_api.parts import PartOptions, PartTranslator
-from agent_server.runs.log import LogEntry, follow_log
+from agent_server.runs.log import Log, LogEntry, follow_log
 from agent_server.sources import DRIVERS, EventSource
 from agent_server.storage import StorageUnavailable
 from agent_server.translate import EventTranslator, FrameFactory
@@ -94,7 +95,7 @@ class Run:
     # Where the frames come from (agent_server/sources.py); the manager sets it.
     source: EventSource = "callbacks"
     subscribers: int = 0
-    log: list[LogEntry] = field(default_factory=list)
+    log: Log = field(default_factory=Log)
     task: asyncio.Task[None] | None = None
     # With a shared broker: how much of the log is in the broker, and so may be sent
     # (None: all of it). See follow().
@@ -105,7 +106,10 @@ class Run:
         self.announced = asyncio.Event()  # set once its record is in a shared broker
         self.published = asyncio.Event()  # set once its whole log and status are there
         self.make = FrameFactory(self.run_id)
-        self.translator: EventTranslator | None = None
+        self.translator: EventTranslator | None = None  # while it runs
+        self.values: Any = None  # the root graph's last state, once it has run
+        self.interrupts: list[Interrupt] = []
+        self.final: BaseFrame | None = None  # its terminal frame
         self._cancel_code = "cancelled"
         self._cancel_message = "run cancelled"
 
@@ -123,7 +127,12 @@ class Run:
     def append(self, frame: BaseFrame) -> None:
         if self.first_token_at is None and frame.type == "token":
             self.first_token_at = time.time()
-        self.log.append(LogEntry(frame, encode(frame)))
+        kind = frame.type
+        if kind == "interrupt":
+            self.interrupts.append(frame)  # type: ignore[arg-type]
+        elif kind in TERMINAL_TYPES:
+            self.final = frame
+        self.log.append(LogEntry(frame.seq, kind, encode(frame), frame))
         self._wake()
 
     def _wake(self) -> None:
@@ -253,6 +262,7 @@ class Run:
             return
         duration = round((time.perf_counter() - started) * 1e3, 3)
         status = RunStatus.INTERRUPTED if translator.interrupted else RunStatus.SUCCESS
+        self.values = translator.values
         self._end(status, make(Done, usage=translator.usage, duration_ms=duration))
 
     def _fail(self, exc: Exception) -> None:
@@ -268,6 +278,9 @@ class Run:
     def _end(self, status: RunStatus, frame: BaseFrame) -> None:
         self.status = status
         self.ended_at = time.time()
+        if self.translator is not None:
+            self.values = self.translator.values
+            self.translator = None  # what it tracked while running is not needed any more
         self.append(frame)
 
     def cancel(self, code: str = "cancelled", message: str = "run cancelled") -> bool:
@@ -279,15 +292,12 @@ class Run:
 
     def result(self) -> dict[str, Any]:
         """The finished run as one JSON-able document (``POST /runs/wait``)."""
-        frames = [entry.frame for entry in self.log]
-        last = frames[-1] if frames else None
+        last = self.final
         return {
             **self.describe(),
-            "values": self.translator.values if self.translator else None,
+            "values": self.values,
             "interrupts": [
-                {"value": f.value, "interrupt_id": f.interrupt_id}
-                for f in frames
-                if isinstance(f, Interrupt)
+                {"value": f.value, "interrupt_id": f.interrupt_id} for f in self.interrupts
             ],
             "error": {"code": last.code, "message": last.message}
             if isinstance(last, Error)

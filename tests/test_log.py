@@ -1,0 +1,56 @@
+"""A run's log: live, then compact (bytes only, compressed) once the run has finished."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_server.frames import Done, Part, RunStart, Token, encode
+from agent_server.runs.log import CHUNK, Log, LogEntry
+
+
+def filled(count: int) -> tuple[Log, list[LogEntry]]:
+    log = Log()
+    entries = [LogEntry.of(RunStart(run_id="r", seq=1, ts=1, graph="g"))]
+    for seq in range(2, count):
+        if seq % 7 == 0:
+            frame = Part(run_id="r", seq=seq, ts=1, event="messages", data=b'[{"x":1},{}]')
+        else:
+            frame = Token(run_id="r", seq=seq, ts=seq, content=f" word{seq}", message_id="m1")
+        entries.append(LogEntry.of(frame))
+    entries.append(LogEntry.of(Done(run_id="r", seq=count, ts=9, duration_ms=1.0)))
+    for entry in entries:
+        log.append(entry)
+    return log, entries
+
+
+@pytest.mark.parametrize("count", [1, 2, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17])
+def test_a_compact_log_reads_back_what_was_appended(count: int) -> None:
+    log, entries = filled(max(count, 2))
+    raw = log.nbytes
+    log.compact()
+    assert log.compacted and len(log) == len(entries)
+    assert list(log) == entries  # seq, type and bytes, chunk after chunk
+    assert log[:] == entries and log[-1] == entries[-1] and log[0] == entries[0]
+    for start, stop in [(0, 1), (5, CHUNK + 3), (CHUNK - 1, CHUNK + 1), (len(entries) - 2, 10**6)]:
+        assert log[start:stop] == entries[start:stop]
+    assert log[3:3] == [] and log[10**6 :] == []
+    with pytest.raises(IndexError):
+        log[len(entries)]
+    if count > CHUNK:
+        assert log.nbytes < raw / 4  # token frames repeat themselves: they compress well
+
+
+def test_entries_of_a_compact_log_parse_their_model_when_asked() -> None:
+    log, entries = filled(20)
+    log.compact()
+    read = log[1]
+    assert read.type == "token" and read.data == encode(entries[1].frame)
+    assert read.frame == entries[1].frame  # parsed from the bytes
+    assert log[6].type == "part"  # a LangGraph part keeps its SSE bytes
+
+
+def test_a_compact_log_takes_nothing_more() -> None:
+    log, _ = filled(5)
+    log.compact()
+    with pytest.raises(AssertionError):
+        log.append(LogEntry.of(Done(run_id="r", seq=6, ts=1, duration_ms=1)))
