@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
@@ -54,7 +54,7 @@ from langchain_core.runnables import RunnableConfig
 
 from agent_server.frames import BaseFrame
 from agent_server.langgraph_api.parts import PartTranslator
-from agent_server.translate import STREAM_MODE, EventTranslator
+from agent_server.translate import NOSTREAM_TAG, STREAM_MODE, EventTranslator, namespace_of
 
 EventSource = Literal["callbacks", "events"]
 T = TypeVar("T")
@@ -90,7 +90,10 @@ class FrameCallbacks(BaseCallbackHandler):
         self._ignore_chain = parts is None or not parts.wants_messages
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._models: dict[UUID, tuple[Sequence[str], Mapping[str, Any]]] = {}
+        # chat model run -> (node, namespace), read once at its start; a "nostream" one
+        # is not there (its tokens are not frames).
+        self._models: dict[UUID, tuple[str | None, list[str]]] = {}
+        self._quiet: set[UUID] = set()
         self._tools: dict[UUID, str] = {}
 
     @property
@@ -135,7 +138,10 @@ class FrameCallbacks(BaseCallbackHandler):
         self._model_start(run_id, tags or [], metadata or {})
 
     def _model_start(self, run_id: UUID, tags: list[str], metadata: dict[str, Any]) -> None:
-        self._models[run_id] = (tags, metadata)
+        if NOSTREAM_TAG in tags:
+            self._quiet.add(run_id)
+        else:
+            self._models[run_id] = (metadata.get("langgraph_node"), namespace_of(metadata))
         if self.parts is not None and self.parts.wants_messages:
             self.parts.model_start(str(run_id), tags, metadata)
 
@@ -148,11 +154,12 @@ class FrameCallbacks(BaseCallbackHandler):
 
     def _model_token(self, token: Any, chunk: Any, run_id: UUID) -> None:
         model = self._models.get(run_id)
-        if model is None:
+        if model is None and run_id not in self._quiet:
             return  # a completion model (not a chat model): no frames
         message = chunk.message if chunk is not None else AIMessageChunk(content=token)
-        tags, metadata = model
-        self._emit(self.translator.token(message, tags, metadata))
+        if model is not None:
+            for frame in self.translator.model_token(message, *model):
+                self.emit(frame)
         if self.parts is not None and self.parts.wants_messages:
             self._emit(self.parts.model_chunk(str(run_id), message))
 
@@ -162,8 +169,9 @@ class FrameCallbacks(BaseCallbackHandler):
         self._model_end(response, run_id)
 
     def _model_end(self, response: LLMResult, run_id: UUID) -> None:
-        if self._models.pop(run_id, None) is None:
+        if self._models.pop(run_id, None) is None and run_id not in self._quiet:
             return
+        self._quiet.discard(run_id)
         output: Any = {}
         for generation in response.generations:
             if generation:
@@ -175,6 +183,7 @@ class FrameCallbacks(BaseCallbackHandler):
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._models.pop(run_id, None)
+        self._quiet.discard(run_id)
 
     # -- tools ----------------------------------------------------------------------------
 

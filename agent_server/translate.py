@@ -217,23 +217,27 @@ class EventTranslator:
         self, chunk: Any, tags: Sequence[str], metadata: Mapping[str, Any]
     ) -> list[BaseFrame]:
         """A chat model's streamed chunk (an ``AIMessageChunk``)."""
+        if NOSTREAM_TAG in tags:
+            return []
+        return self.model_token(chunk, metadata.get("langgraph_node"), namespace_of(metadata))
+
+    def model_token(self, chunk: Any, node: str | None, namespace: list[str]) -> list[BaseFrame]:
+        """:meth:`token` for a model whose tags and metadata were read once, at its start
+        (the callbacks source): the hot path, one call per streamed token."""
         content = chunk.content
         text = content if isinstance(content, str) else text_of(content)
-        if not text or NOSTREAM_TAG in tags:
+        if not text:
             return []
-        if chunk.id != self._last_message_id:
-            self._last_message_id = chunk.id
-            if chunk.id:
-                self._seen_messages.add(chunk.id)
-        return [
-            self.make(
-                Token,
-                content=text,
-                message_id=chunk.id,
-                node=metadata.get("langgraph_node"),
-                namespace=namespace_of(metadata),
-            )
-        ]
+        message_id = chunk.id
+        if message_id != self._last_message_id:
+            self._last_message_id = message_id
+            if message_id:
+                self._seen_messages.add(message_id)
+        # Every field is ours and typed: built without validation (about 3 µs a token).
+        token = self.make.trusted(
+            Token, content=text, message_id=message_id, node=node, namespace=namespace
+        )
+        return [token]
 
     def model_end(self, output: Any) -> list[BaseFrame]:
         """A chat model's whole answer: its usage counts."""

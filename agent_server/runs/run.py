@@ -103,6 +103,7 @@ class Run:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        self.ended = asyncio.Event()  # set with its terminal frame (one wake-up per run)
         self.announced = asyncio.Event()  # set once its record is in a shared broker
         self.published = asyncio.Event()  # set once its whole log and status are there
         self.make = FrameFactory(self.run_id)
@@ -132,6 +133,7 @@ class Run:
             self.interrupts.append(frame)  # type: ignore[arg-type]
         elif kind in TERMINAL_TYPES:
             self.final = frame
+            self.ended.set()  # (after the append below: waiters run later)
         self.log.append(LogEntry(frame.seq, kind, encode(frame), frame))
         self._wake()
 
@@ -184,8 +186,7 @@ class Run:
 
     async def wait(self) -> None:
         """Until the run has finished (its terminal frame is in the log)."""
-        while not self.finished:
-            await self._changed.wait()
+        await self.ended.wait()
 
     def start_frame(self, queue_position: int) -> None:
         self.append(
