@@ -23,8 +23,9 @@ from agent_server.chat_model import load_chat_model
 from agent_server.checkpoints import open_storage
 from agent_server.connections import ConnectionManager
 from agent_server.graphs import UnknownGraphError, load_graphs
-from agent_server.langgraph_api.routes import langgraph_routes
 from agent_server.metrics import Metrics
+from agent_server.protocols import agui, aisdk
+from agent_server.protocols.langgraph.routes import langgraph_routes
 from agent_server.routes import rejected, routes
 from agent_server.runs import Forbidden, RunLimits, RunManager, RunRejected
 from agent_server.schemas import RequestError, error_response, validation_error_response
@@ -187,6 +188,8 @@ def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None =
     return Starlette(
         routes=[
             *routes(),
+            *agui.routes(),
+            *aisdk.routes(),
             WebSocketRoute("/ws", websocket_endpoint),
             Mount(settings.langgraph_api_prefix, routes=langgraph_routes()),
         ],

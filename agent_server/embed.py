@@ -33,9 +33,9 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
 from agent_server.frames import BaseFrame
-from agent_server.routes import launch_run, stream_response
 from agent_server.runs import MultitaskStrategy, RemoteRun, Run, RunManager
 from agent_server.schemas import RunRequest
+from agent_server.serving import launch_run, stream_response
 from agent_server.sse import SSEResponse
 from agent_server.state import AppState
 

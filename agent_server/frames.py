@@ -124,7 +124,7 @@ class Done(BaseFrame):
 
 class Part(BaseFrame):
     """One event of LangGraph's own stream format, for the LangGraph API
-    (:mod:`agent_server.langgraph_api`); never sent by the native transports.
+    (:mod:`agent_server.protocols.langgraph`); never sent by the native transports.
 
     It lives in the run's log beside the native frames, so a LangGraph client can join
     or resume the run exactly as any other client (its ``id:`` is the part's ``seq``), on

@@ -37,11 +37,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from agent_server.aisdk import ChatRequest
 from agent_server.auth import OPEN_PATHS
 from agent_server.cursors import ID_PATTERN, MAX_DIGITS
-from agent_server.langgraph_api import schemas as lg
-from agent_server.langgraph_api.schemas import LangGraphError
+from agent_server.protocols.aisdk import ChatRequest
+from agent_server.protocols.langgraph import schemas as lg
+from agent_server.protocols.langgraph.schemas import LangGraphError
 from agent_server.runs import RunStatus
 from agent_server.schemas import (
     THREAD_ID_PATTERN,

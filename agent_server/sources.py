@@ -13,7 +13,7 @@ The default source learns the same facts for a fraction of that:
   starts and ends, custom events, usage, and for the LangGraph API's messages modes the
   model and node boundaries). Each fact goes to the very method of
   :class:`~agent_server.translate.EventTranslator` (and of the LangGraph
-  :class:`~agent_server.langgraph_api.parts.PartTranslator`) that the events source
+  :class:`~agent_server.protocols.langgraph.parts.PartTranslator`) that the events source
   calls, so the frames are the same by construction; ``tests/test_sources.py`` proves it
   on every graph of the repository and a corpus of the cases the translator handles.
 - ``events``: ``astream_events`` v2 itself, kept as the oracle of that test and
@@ -53,7 +53,7 @@ from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
 
 from agent_server.frames import BaseFrame
-from agent_server.langgraph_api.parts import PartTranslator
+from agent_server.protocols.langgraph.parts import PartTranslator
 from agent_server.translate import NOSTREAM_TAG, STREAM_MODE, EventTranslator, namespace_of
 
 EventSource = Literal["callbacks", "events"]

@@ -1,4 +1,4 @@
-"""LangGraph stream parts from astream_events (agent_server.langgraph_api.parts), judged
+"""LangGraph stream parts from astream_events (agent_server.protocols.langgraph.parts), judged
 against LangGraph's own stream modes (``graph.astream(stream_mode=...)``) on the same
 graphs: same events, same payloads, once ids and times are set aside."""
 
@@ -18,14 +18,14 @@ from langgraph.types import Command, interrupt
 
 from agent_server.chat_model import ScriptedChatModel
 from agent_server.frames import encode
-from agent_server.langgraph_api.parts import PartOptions, PartTranslator, dumps_part
+from agent_server.protocols.langgraph.parts import PartOptions, PartTranslator, dumps_part
 from agent_server.tools import ToolRegistry
 from agent_server.translate import STREAM_MODE, FrameFactory
 from graphs.agent import make_graph
 from tests.conftest import ROOT
 
 # What differs between two runs of one input, and lc_versions (parts leave it out: see
-# agent_server.langgraph_api.parts).
+# agent_server.protocols.langgraph.parts).
 VOLATILE = {
     "id", "run_id", "thread_id", "checkpoint_ns", "langgraph_checkpoint_ns", "tags", "lc_versions",
 }  # fmt: skip

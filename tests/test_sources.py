@@ -44,7 +44,7 @@ from langgraph.types import Command
 
 from agent_server.chat_model import ScriptedChatModel
 from agent_server.frames import encode
-from agent_server.langgraph_api.parts import PartOptions, PartTranslator
+from agent_server.protocols.langgraph.parts import PartOptions, PartTranslator
 from agent_server.runs import Run
 from agent_server.sources import EventSource
 from agent_server.tools import ToolRegistry

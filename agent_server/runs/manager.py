@@ -26,7 +26,7 @@ from agent_server.frames import (
     dumps,
 )
 from agent_server.graphs import GraphEntry, GraphRegistry
-from agent_server.langgraph_api.parts import PartOptions
+from agent_server.protocols.langgraph.parts import PartOptions
 from agent_server.records import NoRecords, RunRecords
 from agent_server.runs.remote import Mirrors, RemoteRun, ShuttingDown
 from agent_server.runs.run import FINISHED, Run, RunStatus

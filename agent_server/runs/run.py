@@ -25,7 +25,7 @@ from agent_server.frames import (
     encode,
 )
 from agent_server.graphs import AnyGraph, GraphEntry
-from agent_server.langgraph_api.parts import PartOptions, PartTranslator
+from agent_server.protocols.langgraph.parts import PartOptions, PartTranslator
 from agent_server.runs.log import Log, LogEntry, follow_log
 from agent_server.sources import DRIVERS, EventSource
 from agent_server.storage import StorageUnavailable

@@ -29,15 +29,15 @@ from starlette.responses import Response
 from agent_server.contrib.django.auth import agent_user, anonymous_allowed
 from agent_server.contrib.django.runtime import runtime
 from agent_server.graphs import UnknownGraphError
-from agent_server.routes import (
+from agent_server.runs import Forbidden, RemoteRun, Run, RunRejected
+from agent_server.schemas import RequestError, error_response, validation_error_response
+from agent_server.serving import (
     client_gone,
     launch_run,
     reconnecting_run,
     run_request_from_query,
     stream_headers,
 )
-from agent_server.runs import Forbidden, RemoteRun, Run, RunRejected
-from agent_server.schemas import RequestError, error_response, validation_error_response
 from agent_server.sse import HEADERS, run_events
 from agent_server.state import AppState
 

@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_server.auth import user_id
-from agent_server.langgraph_api.assistants import assistant_id_of, graph_of
-from agent_server.langgraph_api.http import (
+from agent_server.protocols.langgraph.assistants import assistant_id_of, graph_of
+from agent_server.protocols.langgraph.http import (
     APIError,
     endpoint,
     iso,
@@ -21,18 +21,18 @@ from agent_server.langgraph_api.http import (
     thread_config,
     truthy,
 )
-from agent_server.langgraph_api.parts import PartOptions
-from agent_server.langgraph_api.schemas import RunCreate
-from agent_server.langgraph_api.stream import (
+from agent_server.protocols.langgraph.parts import PartOptions
+from agent_server.protocols.langgraph.schemas import RunCreate
+from agent_server.protocols.langgraph.stream import (
     resume_from,
     stream,
     thread_events,
     thread_position,
     wanted_modes,
 )
-from agent_server.langgraph_api.threads import interrupt_json, open_thread
-from agent_server.routes import finished_unless_gone
+from agent_server.protocols.langgraph.threads import interrupt_json, open_thread
 from agent_server.runs import RemoteRun, Run, RunStatus
+from agent_server.serving import finished_unless_gone
 from agent_server.sse import SSEResponse
 from agent_server.state import AppState
 

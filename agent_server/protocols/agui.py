@@ -63,6 +63,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langgraph.types import Command
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from agent_server.auth import user_id
 from agent_server.cursors import BadCursor, parse_id
@@ -82,6 +83,7 @@ from agent_server.frames import (
 )
 from agent_server.runs import Run
 from agent_server.schemas import RequestError, read_model
+from agent_server.serving import app_state, stream_headers
 from agent_server.sse import SSEResponse
 from agent_server.translate import text_of
 
@@ -284,8 +286,6 @@ async def agui_events(run: Any, translator: AGUITranslator) -> AsyncIterator[byt
 
 async def agui_endpoint(request: Request) -> Response:
     """``POST /ag-ui/{graph}``: a ``RunAgentInput`` in, AG-UI events out (SSE)."""
-    from agent_server.routes import app_state, stream_headers
-
     state = app_state(request)
     entry = state.graphs.get(request.path_params["graph"])
     body = await read_model(request, RunAgentInput, state.settings.max_body_bytes)
@@ -314,3 +314,7 @@ async def agui_endpoint(request: Request) -> Response:
         on_disconnect=lambda: run.cancel("cancelled", "the client disconnected"),
         send_timeout=state.streams.send_timeout,
     )
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/ag-ui/{graph}", agui_endpoint, methods=["POST"])]

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from agent_server.auth import user_id
 from agent_server.graphs import GraphEntry
-from agent_server.langgraph_api.http import (
+from agent_server.protocols.langgraph.http import (
     APIError,
     endpoint,
     iso,
@@ -24,7 +24,7 @@ from agent_server.langgraph_api.http import (
     thread_config,
     truthy,
 )
-from agent_server.langgraph_api.schemas import (
+from agent_server.protocols.langgraph.schemas import (
     HistoryQuery,
     StateAt,
     StateUpdate,

@@ -6,7 +6,7 @@ LangGraph's server points there (``get_client(url="http://host:8000/langgraph")`
 Decisions (read before changing):
 
 - Nothing here executes graphs: a LangGraph run is a :class:`~agent_server.runs.Run`
-  with :class:`~agent_server.langgraph_api.parts.PartOptions`, so limits, per-thread
+  with :class:`~agent_server.protocols.langgraph.parts.PartOptions`, so limits, per-thread
   strategies, cancel, retention, Redis fan-out and auth are the run manager's. The same
   run can be watched over the native SSE and WebSocket routes (its frames) while a
   LangGraph client streams its parts.
@@ -26,13 +26,13 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from agent_server.langgraph_api.assistants import (
+from agent_server.protocols.langgraph.assistants import (
     get_assistant,
     get_assistant_graph,
     get_assistant_schemas,
     search_assistants,
 )
-from agent_server.langgraph_api.runs import (
+from agent_server.protocols.langgraph.runs import (
     cancel_run,
     create_background_run,
     create_stateless_background_run,
@@ -47,7 +47,7 @@ from agent_server.langgraph_api.runs import (
     wait_stateless_run,
     wait_thread_run,
 )
-from agent_server.langgraph_api.threads import (
+from agent_server.protocols.langgraph.threads import (
     create_thread,
     delete_thread,
     get_history,

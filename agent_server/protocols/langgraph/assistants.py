@@ -14,8 +14,8 @@ from starlette.responses import Response
 
 from agent_server.cursors import BadCursor, parse_seq
 from agent_server.graphs import GraphEntry
-from agent_server.langgraph_api.http import APIError, endpoint, iso, json_response, parse
-from agent_server.langgraph_api.schemas import AssistantSearch
+from agent_server.protocols.langgraph.http import APIError, endpoint, iso, json_response, parse
+from agent_server.protocols.langgraph.schemas import AssistantSearch
 from agent_server.state import AppState
 
 NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")  # LangGraph's

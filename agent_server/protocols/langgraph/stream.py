@@ -1,5 +1,5 @@
 """LangGraph's SSE stream of a run, rendered from its log (the decisions are in
-:mod:`agent_server.langgraph_api.routes`)."""
+:mod:`agent_server.protocols.langgraph.routes`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from starlette.requests import Request
 
 from agent_server.cursors import BadCursor, parse_seq, parse_thread_cursor
 from agent_server.frames import dumps
-from agent_server.langgraph_api.http import APIError
-from agent_server.routes import client_gone
+from agent_server.protocols.langgraph.http import APIError
 from agent_server.runs import LogEntry, RemoteEntry, RemoteRun, Run
+from agent_server.serving import client_gone
 from agent_server.sse import PING, SSEResponse, run_events
 from agent_server.state import AppState
 

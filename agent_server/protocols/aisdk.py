@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from agent_server.auth import user_id
 from agent_server.frames import (
@@ -44,6 +45,7 @@ from agent_server.frames import (
 )
 from agent_server.runs import Run
 from agent_server.schemas import THREAD_ID_PATTERN, RequestError, path_id, read_model
+from agent_server.serving import app_state, stream_headers
 from agent_server.sse import DONE, SSEResponse
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
@@ -178,8 +180,6 @@ async def ui_stream(run: Run, message_id: str) -> AsyncIterator[bytes]:
 
 async def chat_endpoint(request: Request) -> Response:
     """``POST /ai-sdk/{graph}``: a ``useChat`` request in, a UI message stream out."""
-    from agent_server.routes import app_state, stream_headers
-
     state = app_state(request)
     entry = state.graphs.get(request.path_params["graph"])
     body = await read_model(request, ChatRequest, state.settings.max_body_bytes)
@@ -207,8 +207,6 @@ async def chat_endpoint(request: Request) -> Response:
 
 async def resume_endpoint(request: Request) -> Response:
     """``GET /ai-sdk/{graph}/{chat_id}/stream``: the chat's active run, replayed, or 204."""
-    from agent_server.routes import app_state, stream_headers
-
     state = app_state(request)
     chat = path_id(request, "chat_id")
     state.runs.check_thread(chat, user_id(request.scope))
@@ -221,3 +219,10 @@ async def resume_endpoint(request: Request) -> Response:
         headers={**HEADERS, **stream_headers(run)},
         send_timeout=state.streams.send_timeout,
     )
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/ai-sdk/{graph}", chat_endpoint, methods=["POST"]),
+        Route("/ai-sdk/{graph}/{chat_id}/stream", resume_endpoint, methods=["GET"]),
+    ]

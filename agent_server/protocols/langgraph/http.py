@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from agent_server.brokers import BrokerUnavailable
 from agent_server.cursors import BadCursor, parse_id
-from agent_server.langgraph_api.parts import dumps_part
+from agent_server.protocols.langgraph.parts import dumps_part
 from agent_server.runs import Forbidden, RunRejected
 from agent_server.schemas import Model, RequestError, read_model
 from agent_server.state import AppState
