@@ -221,3 +221,66 @@ def encode(frame: BaseFrame) -> bytes:
     if type(frame) is Part:
         return b"event: %b\ndata: %b\nid: %d\n\n" % (frame.event.encode(), frame.data, frame.seq)
     return bytes(memoryview(dumps(frame.__dict__)))
+
+
+class Encoded:
+    """A frame with its encoding: seq, type and the bytes every transport sends, and the
+    model when there is one. The token path (tokens, LangGraph parts) encodes straight
+    from its fields (:func:`encode_token`, :func:`encode_part`), building no model: a
+    consumer that wants one (``frame``) gets it parsed from the bytes."""
+
+    __slots__ = ("_frame", "data", "seq", "type")
+
+    def __init__(self, seq: int, type: str, data: bytes, frame: BaseFrame | None = None):
+        self.seq = seq
+        self.type = type
+        self.data = data
+        self._frame = frame
+
+    @classmethod
+    def of(cls, frame: BaseFrame) -> Encoded:
+        return cls(frame.seq, frame.type, encode(frame), frame)
+
+    @property
+    def frame(self) -> BaseFrame:
+        if self._frame is None:
+            self._frame = parse_frame(self.data)  # never asked of a LangGraph part
+        return self._frame
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Encoded):
+            return NotImplemented
+        return (self.seq, self.type, self.data) == (other.seq, other.type, other.data)
+
+    def __hash__(self) -> int:
+        return hash((self.seq, self.data))
+
+    def __repr__(self) -> str:
+        return f"Encoded({self.seq}, {self.type!r}, {self.data[:60]!r})"
+
+
+# What translators emit: a model, or a frame encoded without one.
+Emitted = BaseFrame | Encoded
+
+
+def encode_token(
+    run_id: str,
+    seq: int,
+    ts: int,
+    content: str,
+    message_id: str | None,
+    node: str | None,
+    namespace: list[str],
+) -> Encoded:
+    """A :class:`Token`, encoded as :func:`encode` would encode the model (byte for byte:
+    tests/test_frames.py), without building it: about 1 µs instead of 4 a token."""
+    fields = {
+        "type": "token", "run_id": run_id, "seq": seq, "ts": ts, "content": content,
+        "message_id": message_id, "node": node, "namespace": namespace,
+    }  # fmt: skip
+    return Encoded(seq, "token", bytes(memoryview(dumps(fields))))
+
+
+def encode_part(seq: int, event: str, data: bytes) -> Encoded:
+    """A :class:`Part` as :func:`encode` encodes it (the SSE event it is sent as)."""
+    return Encoded(seq, "part", b"event: %b\ndata: %b\nid: %d\n\n" % (event.encode(), data, seq))

@@ -52,13 +52,13 @@ from langchain_core.messages import AIMessageChunk
 from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
 
-from agent_server.frames import BaseFrame
+from agent_server.frames import Emitted
 from agent_server.protocols.langgraph.parts import PartTranslator
 from agent_server.translate import NOSTREAM_TAG, STREAM_MODE, EventTranslator, namespace_of
 
 EventSource = Literal["callbacks", "events"]
 T = TypeVar("T")
-Emit = Callable[[BaseFrame], None]
+Emit = Callable[[Emitted], None]
 
 
 def run_name(name: str | None, serialized: Mapping[str, Any] | None) -> str:
@@ -102,7 +102,7 @@ class FrameCallbacks(BaseCallbackHandler):
         per runnable of every step)."""
         return self._ignore_chain
 
-    def _emit(self, frames: list[BaseFrame]) -> None:
+    def _emit(self, frames: list[Emitted]) -> None:
         for frame in frames:
             self.emit(frame)
 

@@ -24,6 +24,7 @@ from agent_server.frames import (
     Error,
     Frame,
     Interrupt,
+    Part,
     RunStart,
     Token,
     ToolEnd,
@@ -32,6 +33,8 @@ from agent_server.frames import (
     Usage,
     dumps,
     encode,
+    encode_part,
+    encode_token,
     now_ms,
     parse_frame,
 )
@@ -289,3 +292,23 @@ NEVER_RAISING_GAPS = [
 @pytest.mark.parametrize("value", NEVER_RAISING_GAPS)
 def test_dumps_never_raises_gaps(value: Any) -> None:
     assert isinstance(dumps(value), bytes)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"content": " word", "message_id": "lc_run--1", "node": "agent", "namespace": []},
+        {"content": 'é\u2028"\\\n', "message_id": None, "node": None, "namespace": ["a", "b"]},
+        {"content": "🙂" * 50, "message_id": "m", "node": "n", "namespace": ["sub"]},
+    ],
+)
+def test_the_token_path_encodes_as_the_model_does(fields: dict[str, Any]) -> None:
+    encoded = encode_token("run-1", 7, 1795764297722, **fields)
+    model = Token(run_id="run-1", seq=7, ts=1795764297722, **fields)
+    assert encoded.data == encode(model) and encoded.seq == 7 and encoded.type == "token"
+    assert encoded.frame == model  # parsed back when a consumer asks for the model
+
+
+def test_the_part_path_encodes_as_the_model_does() -> None:
+    part = Part(run_id="r", seq=3, ts=1, event="messages|sub:1", data=b'[{"a":1},{}]')
+    assert encode_part(3, "messages|sub:1", b'[{"a":1},{}]').data == encode(part)

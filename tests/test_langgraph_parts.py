@@ -17,7 +17,6 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
 
 from agent_server.chat_model import ScriptedChatModel
-from agent_server.frames import encode
 from agent_server.protocols.langgraph.parts import PartOptions, PartTranslator, dumps_part
 from agent_server.tools import ToolRegistry
 from agent_server.translate import STREAM_MODE, FrameFactory
@@ -92,8 +91,10 @@ async def ours(
         subgraphs=True,
     ):
         for part in translator.translate(event):
-            event_name, data = part.event, orjson.loads(part.data)  # type: ignore[attr-defined]
-            found.append((event_name, data))
+            # A part is the SSE event it is sent as: "event: <name>\ndata: <json>\nid: <seq>"
+            head, _, rest = part.data.partition(b"\ndata: ")
+            data = rest.rpartition(b"\nid: ")[0]
+            found.append((head.removeprefix(b"event: ").decode(), orjson.loads(data)))
     return found
 
 
@@ -173,4 +174,4 @@ async def test_legacy_messages_mode_accumulates() -> None:
 def test_a_part_is_encoded_as_its_sse_event() -> None:
     translator = PartTranslator(FrameFactory("run", start_seq=6), PartOptions(("custom",)))
     part = translator._part("custom", ("sub:1",), {"n": 1})
-    assert encode(part) == b'event: custom|sub:1\ndata: {"n":1}\nid: 7\n\n'
+    assert part.data == b'event: custom|sub:1\ndata: {"n":1}\nid: 7\n\n' and part.seq == 7

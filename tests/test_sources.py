@@ -43,7 +43,6 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from agent_server.chat_model import ScriptedChatModel
-from agent_server.frames import encode
 from agent_server.protocols.langgraph.parts import PartOptions, PartTranslator
 from agent_server.runs import Run
 from agent_server.sources import EventSource
@@ -222,8 +221,8 @@ async def execute(case: Case, source: EventSource, streamed_ids: set[int]) -> Re
                     break
             await asyncio.gather(run.task, return_exceptions=True)
         for item in run.log:
-            recorded.frames.append(as_json(encode(item.frame)))
-            recorded.streamed.append(id(item.frame) in streamed_ids)
+            recorded.frames.append(as_json(item.data))
+            recorded.streamed.append(id(item) in streamed_ids or id(item._frame) in streamed_ids)
     return recorded
 
 

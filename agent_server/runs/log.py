@@ -21,12 +21,7 @@ from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import overload
 
-from agent_server.frames import (
-    TERMINAL_TYPES,
-    BaseFrame,
-    encode,
-    parse_frame,
-)
+from agent_server.frames import TERMINAL_TYPES, Encoded
 
 logger = logging.getLogger("agent_server.runs")
 
@@ -43,40 +38,8 @@ class SubscriberTooSlow(Exception):
     """The subscriber fell too far behind the run; it should reconnect and resume."""
 
 
-class LogEntry:
-    """One frame of a log: its seq, type and encoded bytes (shared by every consumer),
-    and while the run is live its model; read back from a compact log or from the
-    broker, ``frame`` parses the bytes when first asked for."""
-
-    __slots__ = ("_frame", "data", "seq", "type")
-
-    def __init__(self, seq: int, type: str, data: bytes, frame: BaseFrame | None = None):
-        self.seq = seq
-        self.type = type
-        self.data = data
-        self._frame = frame
-
-    @classmethod
-    def of(cls, frame: BaseFrame) -> LogEntry:
-        return cls(frame.seq, frame.type, encode(frame), frame)
-
-    @property
-    def frame(self) -> BaseFrame:
-        if self._frame is None:
-            self._frame = parse_frame(self.data)  # never asked of a LangGraph part
-        return self._frame
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, LogEntry):
-            return NotImplemented
-        return (self.seq, self.type, self.data) == (other.seq, other.type, other.data)
-
-    def __hash__(self) -> int:
-        return hash((self.seq, self.data))
-
-    def __repr__(self) -> str:
-        return f"LogEntry({self.seq}, {self.type!r}, {self.data[:60]!r})"
-
+# A frame of a log (live: with its model; compact or from the broker: bytes only).
+LogEntry = Encoded
 
 # A frame read back from the broker: the same shape (no model until asked for).
 RemoteEntry = LogEntry

@@ -19,10 +19,11 @@ from agent_server.frames import (
     TERMINAL_TYPES,
     BaseFrame,
     Done,
+    Emitted,
+    Encoded,
     Error,
     Interrupt,
     RunStart,
-    encode,
 )
 from agent_server.graphs import AnyGraph, GraphEntry
 from agent_server.protocols.langgraph.parts import PartOptions, PartTranslator
@@ -125,16 +126,19 @@ class Run:
     # A run executing here is never lost (see RemoteRun.lost).
     lost = False
 
-    def append(self, frame: BaseFrame) -> None:
-        if self.first_token_at is None and frame.type == "token":
-            self.first_token_at = time.time()
+    def append(self, frame: Emitted) -> None:
         kind = frame.type
-        if kind == "interrupt":
-            self.interrupts.append(frame)  # type: ignore[arg-type]
+        if kind == "token":
+            if self.first_token_at is None:
+                self.first_token_at = time.time()
+        elif kind == "interrupt":
+            model = frame.frame if isinstance(frame, Encoded) else frame
+            assert isinstance(model, Interrupt)
+            self.interrupts.append(model)
         elif kind in TERMINAL_TYPES:
-            self.final = frame
+            self.final = frame.frame if isinstance(frame, Encoded) else frame
             self.ended.set()  # (after the append below: waiters run later)
-        self.log.append(LogEntry(frame.seq, kind, encode(frame), frame))
+        self.log.append(frame if isinstance(frame, Encoded) else Encoded.of(frame))
         self._wake()
 
     def _wake(self) -> None:

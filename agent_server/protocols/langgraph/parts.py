@@ -41,7 +41,7 @@ from langchain_core.runnables.schema import StreamEvent
 from langgraph.types import Command
 from pydantic import BaseModel
 
-from agent_server.frames import BaseFrame, Part, _json_default, dumps
+from agent_server.frames import Emitted, _json_default, dumps, encode_part
 from agent_server.translate import NOSTREAM_TAG, FrameFactory
 
 # The modes the driver must add to its own stream modes for a run that asks for them.
@@ -159,9 +159,9 @@ class PartTranslator:
         self._seen: set[str] = set()
         self._partial: dict[str, BaseMessageChunk] = {}
 
-    def translate(self, event: StreamEvent) -> list[BaseFrame]:
+    def translate(self, event: StreamEvent) -> list[Emitted]:
         """The parts of one ``astream_events`` v2 event (the oracle source)."""
-        parts: list[BaseFrame] = []
+        parts: list[Emitted] = []
         kind = event["event"]
         if self.events:
             parts.append(self._part("events", (), event))
@@ -205,13 +205,13 @@ class PartTranslator:
             meta["tags"] = [tag for tag in tags if not tag.startswith(("seq:step", "graph:step"))]
             self._meta[run_id] = Meta(meta)
 
-    def model_chunk(self, run_id: str, chunk: Any) -> list[BaseFrame]:
+    def model_chunk(self, run_id: str, chunk: Any) -> list[Emitted]:
         meta = self._meta.get(run_id)
         if meta is None or not isinstance(chunk, BaseMessage):
             return []
         return self._emit(meta, chunk)
 
-    def model_end(self, run_id: str, output: Any) -> list[BaseFrame]:
+    def model_end(self, run_id: str, output: Any) -> list[Emitted]:
         meta = self._meta.pop(run_id, None)
         if meta is None or not isinstance(output, BaseMessage):
             return []
@@ -236,26 +236,29 @@ class PartTranslator:
             if message.id is not None:
                 self._seen.add(message.id)
 
-    def node_end(self, run_id: str, output: Any) -> list[BaseFrame]:
+    def node_end(self, run_id: str, output: Any) -> list[Emitted]:
         meta = self._meta.pop(run_id, None)
         if meta is None:
             return []
-        parts: list[BaseFrame] = []
+        parts: list[Emitted] = []
         for message in _messages_in(output):
             parts.extend(self._emit(meta, message, dedupe=True))
         return parts
 
-    def stream_chunk(self, ns: tuple[str, ...], mode: str, payload: Any) -> list[BaseFrame]:
+    def stream_chunk(self, ns: tuple[str, ...], mode: str, payload: Any) -> list[Emitted]:
         """A chunk of the root graph's stream modes, subgraphs included."""
         if mode not in self.modes or (ns and not self.subgraphs):
             return []
         return [self._part(mode, ns, payload)]
 
-    def _part(self, mode: str, ns: Sequence[str], data: Any, *, raw: bytes | None = None) -> Part:
-        return self.make.trusted(
-            Part,
-            event=f"{mode}|{'|'.join(ns)}" if ns else mode,
-            data=dumps_part(data) if raw is None else raw,
+    def _part(
+        self, mode: str, ns: Sequence[str], data: Any, *, raw: bytes | None = None
+    ) -> Emitted:
+        self.make.seq += 1
+        return encode_part(
+            self.make.seq,
+            f"{mode}|{'|'.join(ns)}" if ns else mode,
+            dumps_part(data) if raw is None else raw,
         )
 
     def _visible(self, metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -263,7 +266,7 @@ class PartTranslator:
             return None
         return {k: v for k, v in metadata.items() if k not in DROPPED_METADATA}
 
-    def _emit(self, meta: Meta, message: BaseMessage, *, dedupe: bool = False) -> list[BaseFrame]:
+    def _emit(self, meta: Meta, message: BaseMessage, *, dedupe: bool = False) -> list[Emitted]:
         if message.id is None:
             # As LangGraph does: the id is set on the node's own message object before
             # its reducer sees it, so the part and the state name it alike.
@@ -271,7 +274,7 @@ class PartTranslator:
         elif dedupe and message.id in self._seen:
             return []
         self._seen.add(message.id)
-        parts: list[BaseFrame] = []
+        parts: list[Emitted] = []
         if self.tuples:
             raw = b"[%b,%b]" % (dumps_part(message), meta.json)
             parts.append(self._part("messages", meta.ns, None, raw=raw))
@@ -279,13 +282,13 @@ class PartTranslator:
             parts.extend(self._legacy(meta, message))
         return parts
 
-    def _legacy(self, meta: Meta, message: BaseMessage) -> list[BaseFrame]:
+    def _legacy(self, meta: Meta, message: BaseMessage) -> list[Emitted]:
         ns = ()  # LangGraph's server never suffixes these with a namespace
         key = message.id or ""
         if not isinstance(message, BaseMessageChunk):
             self._partial.pop(key, None)
             return [self._part("messages/complete", ns, [message])]
-        parts: list[BaseFrame] = []
+        parts: list[Emitted] = []
         so_far = self._partial.get(key)
         if so_far is None:
             parts.append(self._part("messages/metadata", ns, {key: {"metadata": meta.data}}))
