@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean js test-langgraph-dev
+.PHONY: install run test lint bench bench-peers clean js test-langgraph-dev
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agent-server needs Python 3.11+ (set PYTHON=python3.11)")'
@@ -43,5 +43,10 @@ bench: install
 	$(BIN)/python bench/stream_overhead.py
 	$(BIN)/python bench/langgraph_api.py
 
+# agent-server against `langgraph dev` and Aegra on the same graph (docs/performance.md).
+# Builds .venv-langgraph and .venv-aegra once; Aegra needs the local PostgreSQL.
+bench-peers: install
+	$(BIN)/python bench/peers.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) .venv-langgraph .langgraph_api .langgraph-dev.log .pytest_cache .mypy_cache .ruff_cache .agent-server tests/js/node_modules
+	rm -rf $(VENV) .venv-langgraph .venv-langgraph.log .venv-aegra .venv-aegra.log .langgraph_api .langgraph-dev.log .pytest_cache .mypy_cache .ruff_cache .agent-server tests/js/node_modules

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,24 +18,36 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, WebSocketRoute
 
+from agent_server.assistants import open_assistant_records
 from agent_server.auth import AuthMiddleware, load_verifier
 from agent_server.brokers import BrokerUnavailable, open_broker
 from agent_server.chat_model import load_chat_model
 from agent_server.checkpoints import open_storage
 from agent_server.connections import ConnectionManager
+from agent_server.crons import open_cron_records, schedule
 from agent_server.graphs import UnknownGraphError, load_graphs
+from agent_server.mcp import connect_servers
+from agent_server.mcp import server as mcp_server
 from agent_server.metrics import Metrics
 from agent_server.protocols import agui, aisdk
+from agent_server.protocols.langgraph.assistants import ensure_default_assistants
+from agent_server.protocols.langgraph.crons import fire
+from agent_server.protocols.langgraph.housekeeping import start_sweepers
 from agent_server.protocols.langgraph.routes import langgraph_routes
+from agent_server.protocols.langgraph.webhooks import notify
 from agent_server.routes import rejected, routes
 from agent_server.runs import Forbidden, RunLimits, RunManager, RunRejected
 from agent_server.schemas import RequestError, error_response, validation_error_response
 from agent_server.settings import Settings
+from agent_server.sql import open_database
 from agent_server.state import AppState
+from agent_server.stores import open_store
 from agent_server.streams import Streams
 from agent_server.supervise import Supervisor
+from agent_server.thread_ttl import open_thread_expiries
 from agent_server.threads import open_thread_records
 from agent_server.tools import ToolRegistry
+from agent_server.webhooks import Webhooks
 from agent_server.ws import fan_out, fan_out_remote, websocket_endpoint
 
 logger = logging.getLogger("agent_server")
@@ -47,10 +60,14 @@ async def open_state(
     """Everything a server (or an in-process run) needs, closed again on exit."""
     async with AsyncExitStack() as stack:
         checkpointer, records = await open_storage(settings, stack)
+        store = await open_store(settings, checkpointer, stack)
         if tools is None:
             tools = ToolRegistry.from_sources(
                 settings.tools_dir, entry_point_group=settings.tools_entry_point_group
             )
+        # MCP servers' tools join the registry before graphs are built; the sessions
+        # close after the runs have drained (the stack unwinds last).
+        await stack.enter_async_context(connect_servers(settings, tools))
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         model = load_chat_model(settings.model, api_key=api_key, base_url=settings.openai_base_url)
         graphs = await load_graphs(
@@ -60,9 +77,13 @@ async def open_state(
             model=model,
             settings=settings,
             checkpointer=checkpointer,
+            store=store,
         )
         broker = open_broker(settings.broker_url, prefix=settings.broker_prefix)
         stack.push_async_callback(broker.close)
+        # Closed after the runs have drained: their webhooks get a few seconds to go.
+        webhooks = Webhooks.from_settings(settings)
+        stack.push_async_callback(webhooks.close)
         runs = RunManager(
             RunLimits(
                 max_concurrent=settings.max_concurrent_runs,
@@ -100,7 +121,7 @@ async def open_state(
             supervisor.start("queue", runs.pull_jobs)
             supervisor.start("presence", connections.relay_presence)
         try:
-            yield AppState(
+            state = AppState(
                 settings=settings,
                 tools=tools,
                 graphs=graphs,
@@ -113,7 +134,20 @@ async def open_state(
                 sessions=sessions,
                 supervisor=supervisor,
                 threads=await open_thread_records(checkpointer),
+                store=store,
+                assistants=await open_assistant_records(open_database(checkpointer)),
+                thread_ttl=await open_thread_expiries(open_database(checkpointer)),
+                crons=await open_cron_records(checkpointer),
+                webhooks=webhooks,
             )
+            runs.on_finish.append(notify(state))
+            cron_job = functools.partial(
+                schedule, state.crons, functools.partial(fire, state), settings.cron_interval
+            )
+            supervisor.start("crons", cron_job)
+            await ensure_default_assistants(state)
+            start_sweepers(state)
+            yield state
         finally:
             await supervisor.close()
             await runs.drain(settings.shutdown_grace)
@@ -173,7 +207,7 @@ def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None =
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_state(settings, tools=tools) as state:
+        async with open_state(settings, tools=tools) as state, mcp_server.serve_mcp(app, state):
             app.state.agent_server = state
             for error in [*state.tools.errors, *state.graphs.errors]:
                 logger.warning("plugin skipped: %s: %s", error.source, error.error)
@@ -191,6 +225,7 @@ def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None =
             *agui.routes(),
             *aisdk.routes(),
             WebSocketRoute("/ws", websocket_endpoint),
+            *mcp_server.routes(),
             Mount(settings.langgraph_api_prefix, routes=langgraph_routes()),
         ],
         middleware=[
@@ -198,13 +233,21 @@ def create_app(settings: Settings | None = None, *, tools: ToolRegistry | None =
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Api-Key"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "Last-Event-ID",
+                    "X-Api-Key",
+                    "Mcp-Session-Id",  # /mcp (docs/mcp.md)
+                    "Mcp-Protocol-Version",
+                ],
                 expose_headers=[
                     "X-Run-Id",
                     "X-Thread-Id",
                     "Location",
                     "Content-Location",
                     "Retry-After",
+                    "Mcp-Session-Id",
                 ],
                 allow_credentials="*" not in settings.cors_origins,
             ),

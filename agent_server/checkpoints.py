@@ -21,6 +21,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
+from agent_server.crons import PostgresCrons
 from agent_server.records import SCHEMA as RECORDS_SCHEMA
 from agent_server.records import NoRecords, PostgresRecords, RunRecords
 from agent_server.settings import Settings
@@ -83,7 +84,7 @@ async def _postgres(
             await asyncio.sleep(0.1)
         try:
             await saver.setup()
-            for statement in (*RECORDS_SCHEMA, *PostgresThreads.SCHEMA):
+            for statement in (*RECORDS_SCHEMA, *PostgresThreads.SCHEMA, *PostgresCrons.SCHEMA):
                 await lock.execute(statement)
         finally:
             await lock.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))

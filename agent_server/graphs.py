@@ -8,9 +8,10 @@ keyword arguments it names among: ``tools`` (the :class:`~agent_server.tools.Too
 ``RunnableConfig``, for factories written for LangGraph's server).
 
 A graph compiled without a checkpointer gets the server's, as LangGraph's own server
-does, so threads and interrupts work for any graph a user drops in. A graph that fails
-to load is reported with its reference and error and skipped: one broken file never
-stops the server.
+does, so threads and interrupts work for any graph a user drops in; likewise the
+server's store (:mod:`agent_server.stores`), for ``get_store()`` and a node's ``store``.
+A graph that fails to load is reported with its reference and error and skipped: one
+broken file never stops the server.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
+from langgraph.store.base import BaseStore
 
 from agent_server._importer import import_ref
 from agent_server.settings import Settings
@@ -101,6 +103,7 @@ async def load_graph(
     model: BaseChatModel | None,
     settings: Settings,
     checkpointer: BaseCheckpointSaver[Any] | None,
+    store: BaseStore | None = None,
 ) -> tuple[AnyGraph, str]:
     """Resolve one reference to a compiled graph (with a checkpointer) and a description."""
     target = import_ref(ref, base_dir)
@@ -130,11 +133,13 @@ async def load_graph(
         if inspect.isawaitable(target):
             target = await target
     if isinstance(target, StateGraph):
-        target = target.compile(checkpointer=checkpointer)
+        target = target.compile(checkpointer=checkpointer, store=store)
     if not isinstance(target, Pregel):
         raise TypeError(f"{ref} is {type(target).__name__}, not a LangGraph graph")
     if target.checkpointer is None and checkpointer is not None:
         target = target.copy(update={"checkpointer": checkpointer})
+    if target.store is None and store is not None:
+        target = target.copy(update={"store": store})
     return target, description
 
 
@@ -146,6 +151,7 @@ async def load_graphs(
     model: BaseChatModel | None,
     settings: Settings,
     checkpointer: BaseCheckpointSaver[Any] | None,
+    store: BaseStore | None = None,
 ) -> GraphRegistry:
     registry = GraphRegistry()
     for name, ref in refs.items():
@@ -157,6 +163,7 @@ async def load_graphs(
                 model=model,
                 settings=settings,
                 checkpointer=checkpointer,
+                store=store,
             )
         # SystemExit too: a module-level sys.exit() (a script) must not stop the server,
         # as for tool files.

@@ -39,9 +39,11 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from agent_server.auth import OPEN_PATHS
 from agent_server.cursors import ID_PATTERN, MAX_DIGITS
+from agent_server.mcp.server import JSONRPCErrorBody, JSONRPCMessage
 from agent_server.protocols.aisdk import ChatRequest
 from agent_server.protocols.langgraph import schemas as lg
 from agent_server.protocols.langgraph.schemas import LangGraphError
+from agent_server.protocols.langgraph.threadstream import schemas as thread_stream
 from agent_server.runs import RunStatus
 from agent_server.schemas import (
     THREAD_ID_PATTERN,
@@ -120,8 +122,15 @@ MODELS: tuple[type[BaseModel], ...] = (
     ErrorBody, LangGraphError, RunRequest, RunConfig, RunDescription, RunResult, ThreadRuns,
     ThreadState, Health, GraphList, ToolList, RunAgentInput, ChatRequest, lg.RunCreate,
     lg.ThreadCreate, lg.ThreadSearch, lg.ThreadUpdate, lg.StateUpdate, lg.StateAt,
-    lg.HistoryQuery, lg.AssistantSearch,
+    lg.HistoryQuery, lg.AssistantSearch, lg.StorePut, lg.StoreDelete, lg.StoreSearch,
+    lg.StoreNamespaces, lg.AssistantCreate, lg.AssistantPatch, lg.AssistantCount,
+    lg.AssistantVersions, lg.AssistantLatest, lg.ThreadPrune, lg.RunBatch,
+    lg.CronCreate, lg.CronPatch, lg.CronSearch, lg.CronCount,
 )  # fmt: skip
+# /mcp's JSON-RPC bodies (agent_server/mcp/server.py).
+MODELS += (JSONRPCMessage, JSONRPCErrorBody)
+# Thread streams' bodies (agent_server/protocols/langgraph/threadstream).
+MODELS += (thread_stream.Command, thread_stream.EventStreamRequest)
 
 
 # -- operations ---------------------------------------------------------------------------
@@ -184,6 +193,11 @@ SSE_ID = Param(
     "Resume after this event: `<seq>` or `<run_id>:<seq>` (seq: 1 to 18 ASCII digits).",
 )
 RESUME_AFTER = Param("after", "query", _string(pattern=rf"^{SEQ}$"), "Same as `Last-Event-ID`.")
+
+MCP_PARAMS = (
+    Param("Mcp-Session-Id", "header", _string(), "The session, from `initialize`'s answer."),
+    Param("Mcp-Protocol-Version", "header", _string(), "The negotiated protocol version."),
+)
 
 NATIVE: dict[tuple[str, str], Op] = {
     ("POST", "/runs"): Op(
@@ -251,6 +265,18 @@ NATIVE: dict[tuple[str, str], Op] = {
          204: ("empty", "No active run.")},
         errors=(403,),
     ),
+    # MCP's Streamable HTTP transport (docs/mcp.md); errors are JSON-RPC bodies.
+    ("POST", "/mcp"): Op(
+        "MCP: a JSON-RPC message (every graph is a tool)",
+        {200: ("sse", "A request's answer: its progress notifications, then its response."),
+         202: ("empty", "A notification or a response, accepted.")},
+        JSONRPCMessage, params=MCP_PARAMS, errors=(400, 403, 404, 406, 413, 415),
+    ),
+    ("GET", "/mcp"): Op("MCP: the session's stream of server messages",
+                        {200: ("sse", "Server-to-client JSON-RPC messages.")},
+                        params=MCP_PARAMS, errors=(400, 403, 404, 406, 409)),
+    ("DELETE", "/mcp"): Op("MCP: end the session", {200: ("empty", "Ended.")},
+                           params=MCP_PARAMS, errors=(400, 403, 404, 405)),
 }  # fmt: skip
 
 LG_ERRORS = (400, 403, 404, 409, 413, 422, 429, 503)
@@ -263,7 +289,7 @@ ANY_JSON: tuple[Body, str] = ("json", "As LangGraph's server answers.")
 
 LANGGRAPH: dict[tuple[str, str], Op] = {
     ("POST", "/assistants/search"): Op("Search assistants", {200: ANY_JSON}, lg.AssistantSearch,
-                                       errors=(400, 413, 422)),
+                                       errors=(400, 404, 413, 422)),
     ("GET", "/assistants/{id}"): Op("An assistant", {200: ANY_JSON}, errors=(404,)),
     ("GET", "/assistants/{id}/graph"): Op(
         "An assistant's graph", {200: ANY_JSON},
@@ -361,6 +387,87 @@ LANGGRAPH: dict[tuple[str, str], Op] = {
                                  lg.RunCreate, errors=LG_ERRORS),
     ("POST", "/runs/wait"): Op("Run a stateless run to completion", {200: ANY_JSON},
                                lg.RunCreate, errors=LG_ERRORS),
+    # issue 18: assistant records, thread copies and prunes, batches, the store
+    ("POST", "/assistants"): Op("Create an assistant", {200: ANY_JSON}, lg.AssistantCreate,
+                                errors=(400, 404, 409, 413, 422)),
+    ("POST", "/assistants/count"): Op("Count assistants", {200: ANY_JSON}, lg.AssistantCount,
+                                      errors=(400, 404, 413, 422)),
+    ("PATCH", "/assistants/{id}"): Op("Update an assistant (a new version)", {200: ANY_JSON},
+                                      lg.AssistantPatch, errors=(400, 403, 404, 409, 413, 422)),
+    ("DELETE", "/assistants/{id}"): Op(
+        "Delete an assistant", {204: ("empty", "Deleted.")},
+        params=(Param("delete_threads", "query", BOOL),), errors=(403, 404, 409),
+    ),
+    ("POST", "/assistants/{id}/versions"): Op("An assistant's versions", {200: ANY_JSON},
+                                              lg.AssistantVersions,
+                                              errors=(400, 404, 413, 422)),
+    ("POST", "/assistants/{id}/latest"): Op("Make a version current", {200: ANY_JSON},
+                                            lg.AssistantLatest,
+                                            errors=(400, 403, 404, 413, 422)),
+    ("POST", "/threads/prune"): Op("Prune or delete threads", {200: ANY_JSON}, lg.ThreadPrune,
+                                   errors=(400, 413, 422)),
+    ("POST", "/threads/{thread_id}/copy"): Op("Copy a thread with its history",
+                                              {200: ANY_JSON}, errors=(403, 404)),
+    ("POST", "/runs/batch"): Op("Start stateless background runs", {200: ANY_JSON},
+                                lg.RunBatch, errors=LG_ERRORS),
+    ("PUT", "/store/items"): Op("Put a store item", {204: ("empty", "Stored.")}, lg.StorePut,
+                                errors=(400, 403, 413, 422)),
+    ("GET", "/store/items"): Op(
+        "A store item (null when absent)", {200: ANY_JSON},
+        params=(Param("namespace", "query", _string(), "Labels joined by `.`.", required=True),
+                Param("key", "query", _string(minLength=1), required=True),
+                Param("refresh_ttl", "query", BOOL)),
+        errors=(403, 422),
+    ),
+    ("DELETE", "/store/items"): Op("Delete a store item", {204: ("empty", "Deleted.")},
+                                   lg.StoreDelete, errors=(400, 403, 413, 422)),
+    ("POST", "/store/items/search"): Op("Search store items", {200: ANY_JSON}, lg.StoreSearch,
+                                        errors=(400, 403, 413, 422)),
+    ("POST", "/store/namespaces"): Op("List store namespaces", {200: ANY_JSON},
+                                      lg.StoreNamespaces, errors=(400, 403, 413, 422)),
+    ("POST", "/a2a/{assistant_id}"): Op(
+        "A2A JSON-RPC: message/send, message/stream, tasks/get, tasks/cancel",
+        {200: ("json", "A JSON-RPC response (errors too); `message/stream`: SSE of them.")},
+        errors=(413,),
+    ),
+    ("GET", "/a2a/{assistant_id}/.well-known/agent-card.json"): Op(
+        "The assistant's A2A agent card", {200: ANY_JSON}, errors=(404,)),
+    ("GET", "/a2a/{assistant_id}/.well-known/agent.json"): Op(
+        "The assistant's A2A agent card (older path)", {200: ANY_JSON}, errors=(404,)),
+    # issue 18: crons
+    ("POST", "/runs/crons"): Op("Create a cron (a new thread per run)", {200: ANY_JSON},
+                                lg.CronCreate, errors=(400, 404, 413, 422)),
+    ("POST", "/threads/{thread_id}/runs/crons"): Op("Create a cron on a thread",
+                                                    {200: ANY_JSON}, lg.CronCreate,
+                                                    errors=(400, 403, 404, 413, 422)),
+    ("POST", "/runs/crons/search"): Op("Search the caller's crons", {200: ANY_JSON},
+                                       lg.CronSearch, errors=(400, 413, 422)),
+    ("POST", "/runs/crons/count"): Op("Count the caller's crons", {200: ANY_JSON},
+                                      lg.CronCount, errors=(400, 413, 422)),
+    ("GET", "/runs/crons/{cron_id}"): Op("A cron", {200: ANY_JSON}, errors=(404,)),
+    ("PATCH", "/runs/crons/{cron_id}"): Op("Update a cron", {200: ANY_JSON}, lg.CronPatch,
+                                           errors=(400, 404, 413, 422)),
+    ("DELETE", "/runs/crons/{cron_id}"): Op("Delete a cron", {204: ("empty", "Deleted.")},
+                                            errors=(404,)),
+}  # fmt: skip
+
+# Agent Protocol v2 thread streams (docs/thread-streams.md); their WebSocket at
+# /threads/{thread_id}/stream/events is not an HTTP operation.
+LANGGRAPH |= {
+    ("POST", "/threads/{thread_id}/commands"): Op(
+        "Send a command to a thread",
+        {200: ("json", "The reply: `{type: success, id, result, meta}` or a protocol error "
+                       "`{type: error, id, error, message}`.")},
+        thread_stream.Command, errors=(400, 403, 413, 422, 429, 503),
+    ),
+    ("POST", "/threads/{thread_id}/stream/events"): Op(
+        "A thread's events, filtered (SSE); never ends by itself",
+        {200: ("sse", "One `data:` line per event (`{type: event, event_id, seq, method, "
+                      "params}`).")},
+        thread_stream.EventStreamRequest,
+        params=(Param("Last-Event-ID", "header", _string(), "Resume after this event id."),),
+        errors=(400, 403, 404, 413, 422),
+    ),
 }  # fmt: skip
 
 ERROR_TEXT = {
@@ -470,6 +577,8 @@ def build_document(routes: list[BaseRoute], settings: Settings, root_path: str) 
             table, tag, error = LANGGRAPH, "LangGraph API", LangGraphError
         elif prefix:
             raise LookupError(f"no OpenAPI entries for routes under {prefix!r}")
+        elif path == "/mcp":
+            tag, error = "MCP", JSONRPCErrorBody
         elif path.startswith(("/ag-ui/", "/ai-sdk/")):
             tag = "AG-UI" if path.startswith("/ag-ui/") else "AI SDK"
         for method in sorted((route.methods or set()) - {"HEAD"}):

@@ -26,10 +26,13 @@ THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 
 def _storable(value: Any) -> Any:
     """Refuse a NUL anywhere in JSON bound for PostgreSQL (its ``jsonb`` cannot hold
-    ``\\u0000``: a thread's metadata with one was a 500)."""
+    ``\\u0000``: a thread's metadata with one was a 500), or an integer past 64 bits
+    (which orjson cannot write)."""
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("text must not contain NUL characters")
+    elif isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise ValueError("integers must fit in 64 bits")
     elif isinstance(value, dict):
         for key, item in value.items():
             _storable(key)

@@ -199,6 +199,62 @@ class Settings(BaseSettings):
         description="Where the LangGraph API is served; its clients use this as their URL.",
     )
 
+    # The LangGraph API's store, assistants and thread TTL (issue 18; docs/langgraph-api.md,
+    # "Store" and "Threads").
+    store_embeddings: str = Field(
+        "hashing",
+        description="Semantic search in the store: 'hashing' (offline and deterministic: "
+        "words hashed into a vector, for tests and demos), 'openai:<model>' (with the OpenAI "
+        "key and base URL above), or 'none' (no index: a search's query is ignored).",
+    )
+    store_embedding_dims: int | None = Field(
+        None,
+        ge=1,
+        le=16_000,
+        description="The embeddings' size: known for 'hashing' (256) and OpenAI's "
+        "text-embedding-3-small/-large and ada-002; required for other models.",
+    )
+    store_index_fields: list[str] = Field(
+        default_factory=lambda: ["$"],
+        description="The fields of an item that are embedded ('$': the whole value).",
+    )
+    store_ttl_minutes: float | None = Field(
+        None, gt=0, description="Default lifetime of a store item (none: until deleted)."
+    )
+    store_ttl_refresh_on_read: bool = Field(
+        True, description="Reading an item with a TTL restarts its lifetime."
+    )
+    thread_ttl_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Default TTL of threads created through the LangGraph API (none: kept "
+        "until deleted); a thread expires this long after its last update.",
+    )
+    ttl_sweep_interval: float = Field(
+        60.0, gt=0, description="Seconds between sweeps of expired store items and threads."
+    )
+
+    # The LangGraph API's crons and webhooks (issue 18; docs/langgraph-api.md, "Crons"
+    # and "Webhooks").
+    cron_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds between a worker's looks for due crons."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let webhooks reach loopback, private and link-local addresses "
+        "(cloud metadata endpoints stay refused unless named in webhook_allowed_hosts).",
+    )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="If set, the only hosts webhooks may go to ('*.example.com' for any "
+        "subdomain); a host named here is not checked against the address rules.",
+    )
+    webhook_https_only: bool = Field(False, description="Refuse webhooks that are not https.")
+    webhook_attempts: int = Field(
+        3, ge=1, le=10, description="Tries of a delivery that failed with 5xx, 429 or no answer."
+    )
+    webhook_timeout: float = Field(10.0, gt=0, le=300, description="Seconds one try may take.")
+
     # WebSocket sessions (docs/protocol.md, "WebSocket").
     ws_ping_interval: float = Field(20.0, gt=0, description="Seconds between app-level pings.")
     ws_idle_timeout: float = Field(
@@ -217,6 +273,23 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(
         10_000, ge=1, description="Open connections per worker; later ones get 503."
+    )
+
+    # MCP servers whose tools the graphs use (docs/mcp.md, "Tools from MCP servers").
+    mcp_config: Path | None = Field(
+        None,
+        description="An mcp.json file: {'mcpServers': {name: {command, args, env, cwd} "
+        "(stdio) or {url, headers} (Streamable HTTP)}}.",
+    )
+    mcp_servers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="The same entries as [mcp_servers.<name>] tables in agent_server.toml.",
+    )
+    mcp_connect_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds each MCP server gets to start and list its tools (at start-up, "
+        "all at once; and for each restart). One that takes longer is skipped.",
     )
 
     @field_validator("graphs", mode="before")

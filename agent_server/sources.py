@@ -143,7 +143,7 @@ class FrameCallbacks(BaseCallbackHandler):
         else:
             self._models[run_id] = (metadata.get("langgraph_node"), namespace_of(metadata))
         if self.parts is not None and self.parts.wants_messages:
-            self.parts.model_start(str(run_id), tags, metadata)
+            self.parts.model_start(run_id, tags, metadata)
 
     def on_llm_new_token(
         self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
@@ -161,7 +161,7 @@ class FrameCallbacks(BaseCallbackHandler):
             for frame in self.translator.model_token(message, *model):
                 self.emit(frame)
         if self.parts is not None and self.parts.wants_messages:
-            self._emit(self.parts.model_chunk(str(run_id), message))
+            self._emit(self.parts.model_chunk(run_id, message))
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         if self._elsewhere(self._model_end, response, run_id):
@@ -179,7 +179,7 @@ class FrameCallbacks(BaseCallbackHandler):
                 break
         self._emit(self.translator.model_end(output))
         if self.parts is not None and self.parts.wants_messages:
-            self._emit(self.parts.model_end(str(run_id), output))
+            self._emit(self.parts.model_end(run_id, output))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._models.pop(run_id, None)
@@ -275,7 +275,7 @@ class FrameCallbacks(BaseCallbackHandler):
         assert self.parts is not None
         # astream_events leaves out an input of {"input": ""} (a runnable not sending it).
         self.parts.node_start(
-            str(run_id), name, tags, metadata, None if inputs == {"input": ""} else inputs
+            run_id, name, tags, metadata, None if inputs == {"input": ""} else inputs
         )
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -285,7 +285,7 @@ class FrameCallbacks(BaseCallbackHandler):
 
     def _node_end(self, outputs: Any, run_id: UUID) -> None:
         assert self.parts is not None
-        self._emit(self.parts.node_end(str(run_id), outputs))
+        self._emit(self.parts.node_end(run_id, outputs))
 
 
 async def drive_callbacks(

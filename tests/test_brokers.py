@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agent_server.brokers import Broker, BrokerUnavailable, open_broker
-from tests.services import redis_prefix
+from agent_server.brokers.redis import RedisBroker
+from tests.services import REDIS, redis_prefix
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -135,6 +136,28 @@ async def test_cancel_listeners_are_told_once_subscribed(broker: Broker) -> None
         await asyncio.sleep(0.05)
     listener.cancel()
     assert received == ["r-after"]
+
+
+async def test_delayed_jobs_join_the_queue_when_due(broker: Broker) -> None:
+    await broker.schedule_job(b"later", 60)
+    await broker.schedule_job(b"soon", 0.5)
+    await broker.push_job(b"now")
+    assert await broker.queue_length() == 1  # delayed jobs are not waiting for a worker
+    assert await broker.pop_job(0.05) == b"now"
+    assert await broker.pop_job(5) == b"soon"  # a pop waits for it to become due
+    assert await broker.remove_job(b"later")  # taken back before it is due
+    assert not await broker.remove_job(b"later")
+    assert await broker.pop_job(0.05) is None
+
+
+async def test_a_due_delayed_job_is_popped_once(broker: Broker) -> None:
+    await broker.schedule_job(b"once", 0.2)
+    # Two workers (with Redis, two clients of it) popping at once.
+    second = open_broker(REDIS, prefix=broker.prefix) if isinstance(broker, RedisBroker) else broker
+    popped = await asyncio.gather(*(b.pop_job(2) for b in (broker, second, second)))
+    assert sorted(popped, key=lambda p: p or b"") == [None, None, b"once"]
+    if second is not broker:
+        await second.close()
 
 
 def closed_port() -> int:

@@ -77,3 +77,26 @@ def test_official_ai_sdk_transport_and_reader(server: str) -> None:
     text = next(p for p in parts if p["type"] == "text")
     assert text["text"] == "The calculator tool returned 42." and text["state"] == "done"
     assert summary["reconnect"] is None  # no active stream: 204
+
+
+def test_official_langgraph_thread_stream(server: str) -> None:
+    """``client.threads.stream`` (Agent Protocol v2) over SSE: docs/thread-streams.md."""
+    result = subprocess.run(
+        [node(), str(JS / "thread_stream.mjs"), f"{server}/langgraph"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    texts = [deltas for deltas in summary["texts"] if deltas]  # not the tool call's message
+    assert len(texts) == 1 and len(texts[0]) > 1  # token by token
+    assert "".join(texts[0]) == summary["final"] == "The calculator tool returned 42."
+    assert summary["calls"] == [
+        {"name": "calculator", "input": {"expression": "6*7"}, "output": "42"}
+    ]
+    assert summary["outputTypes"] == ["human", "ai", "tool", "ai"]
+    assert summary["sameEvents"] and summary["deltas"] > 1
+    assert summary["lifecycle"] == ["running", "completed"]
+    assert summary["asked"] == {"interrupted": True, "payload": {"question": "approve?"}}
+    assert summary["answer"] == "approved: yes"

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -600,3 +601,79 @@ async def test_thread_stream_resumes_after_its_last_id(client: Any) -> None:
     cut = [event_id for _, _, event_id in everything].index(first_done) + 1
     assert rest == everything[cut:]  # exactly what came after it
     assert {d.get("run_id") for e, d, _ in rest if e == "metadata"} == {run_ids[1]}
+
+
+async def test_copy_a_thread_with_its_state_and_history(client: Any) -> None:
+    original = (await client.threads.create(metadata={"topic": "copy"}))["thread_id"]
+    await client.runs.wait(original, "agent", input=human("what is 6*7?"))
+    copied = await client.threads.copy(original)
+    copy_id = copied["thread_id"]
+    assert copy_id != original and copied["metadata"]["topic"] == "copy"
+    state = await client.threads.get_state(copy_id)
+    assert state["values"] == (await client.threads.get_state(original))["values"]
+    history = await client.threads.get_history(copy_id, limit=100)
+    assert len(history) == len(await client.threads.get_history(original, limit=100))
+    # Independent: a turn on the copy leaves the original as it was.
+    await client.runs.wait(copy_id, "agent", input=human("thanks"))
+    assert len((await client.threads.get_state(copy_id))["values"]["messages"]) == 6
+    assert len((await client.threads.get_state(original))["values"]["messages"]) == 4
+
+
+@ours  # LangGraph's dev server refuses keep_latest (422: "not supported in in-memory")
+async def test_prune_keeps_the_latest_checkpoint_or_deletes(client: Any) -> None:
+    kept, gone = [(await client.threads.create())["thread_id"] for _ in range(2)]
+    for thread_id in (kept, gone):
+        await client.runs.wait(thread_id, "agent", input=human("what is 6*7?"))
+    before = await client.threads.get_state(kept)
+    assert (await client.threads.prune([kept], strategy="keep_latest"))["pruned_count"] == 1
+    assert len(await client.threads.get_history(kept, limit=100)) == 1
+    assert (await client.threads.get_state(kept))["values"] == before["values"]
+    values = await client.runs.wait(kept, "agent", input=human("thanks"))  # still works
+    assert len(values["messages"]) == 6
+    pruned = await client.threads.prune([gone, str(uuid.uuid4())])
+    assert pruned["pruned_count"] == 1
+    with pytest.raises(NotFoundError):
+        await client.threads.get(gone)
+
+
+async def test_prune_deletes_threads(client: Any) -> None:
+    thread_id = (await client.threads.create())["thread_id"]
+    await client.runs.wait(thread_id, "agent", input=human("hi"))
+    assert (await client.threads.prune([thread_id]))["pruned_count"] == 1
+    with pytest.raises(NotFoundError):
+        await client.threads.get(thread_id)
+
+
+async def test_batch_of_stateless_runs(client: Any) -> None:
+    runs = await client.runs.create_batch(
+        [
+            {"assistant_id": "agent", "input": human("what is 6*7?"), "on_completion": "keep"},
+            {"assistant_id": "agent", "input": human("hello"), "on_completion": "keep"},
+        ]
+    )
+    assert len(runs) == 2 and len({r["thread_id"] for r in runs}) == 2
+    for run, expected in zip(runs, ("42", "hello"), strict=True):
+        await client.runs.join(run["thread_id"], run["run_id"])
+        state = await client.threads.get_state(run["thread_id"])
+        assert expected in state["values"]["messages"][-1]["content"]
+        assert (await client.runs.get(run["thread_id"], run["run_id"]))["status"] == "success"
+
+
+@ours  # LangGraph's in-memory runtime does not sweep thread TTLs
+def test_threads_expire_after_their_ttl() -> None:
+    settings = test_settings(graphs=GRAPHS, ttl_sweep_interval=0.05)
+    with live_server(create_app(settings)) as base:
+        client = get_sync_client(url=f"{base}/langgraph", api_key=None)
+        brief = client.threads.create(ttl=0.002)["thread_id"]  # 120 ms without activity
+        kept = client.threads.create()["thread_id"]
+        client.runs.wait(brief, "agent", input=human("hi"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.threads.get(brief)
+            except NotFoundError:
+                break
+            time.sleep(0.05)
+        with pytest.raises(NotFoundError):
+            client.threads.get(brief)
+        assert client.threads.get(kept)["thread_id"] == kept

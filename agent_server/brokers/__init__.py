@@ -128,13 +128,24 @@ class Broker(Protocol):
         """Queue a background run for whichever worker has room first."""
         ...
 
-    async def pop_job(self, timeout: float) -> bytes | None: ...
-
-    async def remove_job(self, job: bytes) -> bool:
-        """Take a job back out of the queue; False if a worker has taken it already."""
+    async def schedule_job(self, job: bytes, delay: float) -> None:
+        """Queue a job ``delay`` seconds from now (``after_seconds``), by the broker's
+        clock: until then it waits apart, kept as long as the broker keeps data."""
         ...
 
-    async def queue_length(self) -> int: ...
+    async def pop_job(self, timeout: float) -> bytes | None:
+        """The oldest queued job, waiting up to ``timeout`` seconds for one. Delayed jobs
+        that are due join the queue first, each exactly once whichever worker pops."""
+        ...
+
+    async def remove_job(self, job: bytes) -> bool:
+        """Take a job back out of the queue (or out of the delayed jobs); False if a
+        worker has taken it already."""
+        ...
+
+    async def queue_length(self) -> int:
+        """Jobs waiting for a worker (delayed jobs not yet due are not counted)."""
+        ...
 
     async def claim_thread(self, thread_id: str, run_id: str, *, force: bool = False) -> str:
         """Mark ``run_id`` as the thread's active run unless another holds it (``force``

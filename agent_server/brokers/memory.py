@@ -5,6 +5,7 @@ the broker tests hold it to the same behaviour as Redis."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -23,6 +24,7 @@ class MemoryBroker:
         self._announcements: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
         self._alive_until: dict[str, float] = {}
         self._jobs: asyncio.Queue[bytes] = asyncio.Queue()
+        self._delayed: list[tuple[float, bytes]] = []  # (due, monotonic clock), sorted
         self._rooms: dict[str, dict[str, str]] = {}
         self._active: dict[str, str] = {}
         self._presence: asyncio.Queue[bytes] = asyncio.Queue()
@@ -85,12 +87,24 @@ class MemoryBroker:
     async def push_job(self, job: bytes) -> None:
         await self._jobs.put(job)
 
+    async def schedule_job(self, job: bytes, delay: float) -> None:
+        bisect.insort(self._delayed, (time.monotonic() + delay, job))
+
     async def pop_job(self, timeout: float) -> bytes | None:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._jobs.get()
-        except TimeoutError:
-            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            while self._delayed and self._delayed[0][0] <= now:
+                self._jobs.put_nowait(self._delayed.pop(0)[1])
+            wait = deadline - now
+            if self._delayed:
+                wait = min(wait, self._delayed[0][0] - now)
+            try:
+                async with asyncio.timeout(max(wait, 0)):
+                    return await self._jobs.get()
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    return None
 
     async def remove_job(self, job: bytes) -> bool:
         pending = [self._jobs.get_nowait() for _ in range(self._jobs.qsize())]
@@ -99,6 +113,9 @@ class MemoryBroker:
             pending.remove(job)
         for item in pending:
             self._jobs.put_nowait(item)
+        delayed = [entry for entry in self._delayed if entry[1] != job]
+        found = found or len(delayed) < len(self._delayed)
+        self._delayed = delayed
         return found
 
     async def queue_length(self) -> int:

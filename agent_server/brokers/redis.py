@@ -8,7 +8,10 @@
 - Cancel requests go through pub/sub on ``<prefix>:cancel``; only the worker executing
   the run acts on them. New runs are announced on ``<prefix>:runs``.
 - Background runs wait in the list ``<prefix>:queue`` (``LPUSH``/``BRPOP``) until a
-  worker with a free slot takes them.
+  worker with a free slot takes them. Delayed ones (``after_seconds``) wait first in the
+  sorted set ``<prefix>:delayed``, scored by when they are due on Redis's own clock (no
+  skew between workers); every ``pop_job`` moves the due ones to the queue in one Lua
+  script, so each moves once, whichever worker pops, and they outlive any worker.
 - A thread's active run is ``<prefix>:thread:<id>:active`` (``SET NX``), so a second run
   on a busy thread is refused (409) whichever worker is asked.
 - Room members are a hash per thread, ``<prefix>:room:<thread>``; presence messages go
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -46,6 +50,23 @@ return 0
 """
 # What "cannot reach Redis" looks like (BusyLoadingError, a restart replaying its data,
 # and MaxConnectionsError are ConnectionErrors too).
+# Delayed jobs: added at Redis's time + delay; moved to the queue once due (atomically,
+# so exactly once), answering the seconds until the next one (a pop waits no longer).
+SCHEDULE = """
+local now = redis.call('time')
+redis.call('zadd', KEYS[1], now[1] + now[2] / 1e6 + tonumber(ARGV[1]), ARGV[2])
+"""
+RELEASE_DUE = """
+local now = redis.call('time')
+local t = now[1] + now[2] / 1e6
+for _, job in ipairs(redis.call('zrangebyscore', KEYS[1], '-inf', t, 'LIMIT', 0, 100)) do
+  redis.call('zrem', KEYS[1], job)
+  redis.call('lpush', KEYS[2], job)
+end
+local next = redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')
+if next[2] then return tostring(tonumber(next[2]) - t) end
+return false
+"""
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 # redis-py's own retries of a failed command: short, so an outage surfaces quickly.
 RETRY = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=3)
@@ -207,14 +228,31 @@ class RedisBroker:
         await self.client.lpush(f"{self.prefix}:queue", job)
 
     @_guarded
+    async def schedule_job(self, job: bytes, delay: float) -> None:
+        await self.client.eval(SCHEDULE, 1, f"{self.prefix}:delayed", repr(delay), job)
+
+    @_guarded
     async def pop_job(self, timeout: float) -> bytes | None:
-        popped: Any = await self.client.brpop([f"{self.prefix}:queue"], timeout=max(timeout, 0.01))
-        return popped[1] if popped else None
+        queue, delayed = f"{self.prefix}:queue", f"{self.prefix}:delayed"
+        deadline = time.monotonic() + timeout
+        while True:
+            next_due: Any = await self.client.eval(RELEASE_DUE, 2, delayed, queue)
+            wait = deadline - time.monotonic()
+            if next_due is not None:
+                wait = min(wait, float(next_due))
+            popped: Any = await self.client.brpop([queue], timeout=max(wait, 0.01))
+            if popped:
+                return bytes(popped[1])
+            if time.monotonic() >= deadline:
+                return None
 
     @_guarded
     async def remove_job(self, job: bytes) -> bool:
-        removed: Any = await self.client.lrem(f"{self.prefix}:queue", 1, job)  # type: ignore[arg-type]
-        return bool(removed)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.lrem(f"{self.prefix}:queue", 1, job)  # type: ignore[arg-type]
+            pipe.zrem(f"{self.prefix}:delayed", job)
+            removed: Any = await pipe.execute()
+        return any(removed)
 
     @_guarded
     async def queue_length(self) -> int:

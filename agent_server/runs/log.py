@@ -92,13 +92,23 @@ class Log(Sequence[LogEntry]):
 
     def compact(self) -> None:
         """Keep the bytes only, compressed (the run has finished: nothing is appended)."""
-        entries = self._entries
-        if entries is None:
+        if self._entries is not None:
+            self.install(self.pack())
+
+    def pack(self) -> list[_Chunk]:
+        """The compressed chunks of the log as it stands; it touches nothing, so it may run
+        on another thread (zlib releases the GIL) while the log is read here."""
+        entries = list(self._entries or ())
+        return [_Chunk(entries[i : i + CHUNK]) for i in range(0, len(entries), CHUNK)]
+
+    def install(self, chunks: list[_Chunk]) -> None:
+        """Swap the live entries for ``chunks`` (made by :meth:`pack` of this log)."""
+        if self._entries is None:
             return
-        self._chunks = [_Chunk(entries[i : i + CHUNK]) for i in range(0, len(entries), CHUNK)]
-        self._count = len(entries)
+        self._count = len(self._entries)
+        self._chunks = chunks
         self._entries = None
-        self.nbytes = sum(chunk.nbytes for chunk in self._chunks)
+        self.nbytes = sum(chunk.nbytes for chunk in chunks)
 
     def __len__(self) -> int:
         return self._count if self._entries is None else len(self._entries)

@@ -111,6 +111,9 @@ class RunManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self.mirrors = Mirrors(self._tasks, self.limits.broker_wait)
         self._early_cancels: OrderedDict[str, None] = OrderedDict()
+        # The URL told of a run's end, by run id (agent_server/webhooks.py); a queued
+        # run's travels in its job to the worker that takes it.
+        self.webhooks: dict[str, str] = {}
 
     # -- queries ---------------------------------------------------------------------
 
@@ -228,8 +231,11 @@ class RunManager:
         strategy: MultitaskStrategy = "reject",
         *,
         queue_position: int | None = None,
+        delay: float = 0.0,
+        webhook: str | None = None,
     ) -> Run:
-        """Accept a run (or raise :class:`RunRejected`) and schedule it."""
+        """Accept a run (or raise :class:`RunRejected`) and schedule it; it starts no
+        sooner than ``delay`` seconds from now (``pending`` meanwhile, holding no slot)."""
         if not self.accepting:
             raise RunRejected(503, "shutting_down", "the server is shutting down", retry_after=5)
         self.check_thread(run.thread_id, run.owner)
@@ -264,7 +270,9 @@ class RunManager:
             run.shared = 0  # followers get what the publisher has copied (Run.follow)
         run.start_frame(queue_position=queue_position)
         self._unfinished += 1
-        run.task = asyncio.create_task(self._drive(run, before), name=f"run-{run.run_id}")
+        if webhook:
+            self.webhooks[run.run_id] = webhook
+        run.task = asyncio.create_task(self._drive(run, before, delay), name=f"run-{run.run_id}")
         self._tasks.add(run.task)
         run.task.add_done_callback(self._tasks.discard)
         # In a done callback, not the coroutine's ``finally``: a task cancelled before it
@@ -323,7 +331,9 @@ class RunManager:
             found[run.run_id] = run.describe()
         return sorted(found.values(), key=lambda r: r.get("created_at") or 0)
 
-    async def _drive(self, run: Run, before: list[Run]) -> None:
+    async def _drive(self, run: Run, before: list[Run], delay: float = 0.0) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         for earlier in before:  # one run at a time per thread, in order
             await earlier.wait()
         async with self._slots:
@@ -340,10 +350,18 @@ class RunManager:
         self._unfinished -= 1
         for callback in self.on_finish:
             callback(run)
-        run.log.compact()  # bytes only from now on (agent_server/runs/log.py)
         self._finished.append((time.monotonic(), run.run_id))
-        self._retained_bytes += run.log.nbytes
+        self.spawn(self._compact(run), f"compact-{run.run_id}")
         self.prune()
+
+    async def _compact(self, run: Run) -> None:
+        """Bytes only from now on (agent_server/runs/log.py), compressed on a thread: a
+        LangGraph API run's log is megabytes, and the loop serves other streams meanwhile."""
+        chunks = await asyncio.to_thread(run.log.pack)
+        run.log.install(chunks)
+        if run.run_id in self.runs:  # not dropped meanwhile
+            self._retained_bytes += run.log.nbytes
+            self.prune()
 
     # -- sharing with other workers ------------------------------------------------------
 
@@ -401,9 +419,17 @@ class RunManager:
         limits = self.limits
         await broker.expire(run.run_id, limits.retention_seconds, limits.retention_seconds + 86_400)
 
-    async def enqueue(self, run: Run, strategy: MultitaskStrategy) -> RemoteRun:
+    async def enqueue(
+        self,
+        run: Run,
+        strategy: MultitaskStrategy,
+        *,
+        delay: float = 0.0,
+        webhook: str | None = None,
+    ) -> RemoteRun:
         """A background run for any worker: its record now (so every worker can find
-        it), its job on the shared queue; the first worker with a free slot runs it."""
+        it), its job on the shared queue (after ``delay`` seconds: the broker's delayed
+        jobs, which outlive this worker); the first worker with a free slot runs it."""
         if not self.accepting:
             raise RunRejected(503, "shutting_down", "the server is shutting down", retry_after=5)
         self.check_thread(run.thread_id, run.owner)
@@ -441,10 +467,14 @@ class RunManager:
             "strategy": strategy,
             "created_at": run.created_at,
             "queue_position": waiting + 1,
+            "webhook": webhook,
         }
         encoded = dumps(job)
         await self.broker.put_record(run.run_id, {"job": encoded.decode()})
-        await self.broker.push_job(encoded)
+        if delay > 0:
+            await self.broker.schedule_job(encoded, delay)
+        else:
+            await self.broker.push_job(encoded)
         return RemoteRun(
             self.broker, run.run_id, {**record, "job": encoded.decode()}, run.graph, self.mirrors
         )
@@ -486,7 +516,12 @@ class RunManager:
         try:
             if cancelled or self._early_cancels.pop(run.run_id, 1) is None:
                 raise RunRejected(499, "cancelled", "cancelled by request before it started")
-            self.submit(run, job["strategy"], queue_position=job.get("queue_position"))
+            self.submit(
+                run,
+                job["strategy"],
+                queue_position=job.get("queue_position"),
+                webhook=job.get("webhook"),
+            )
         except (RunRejected, Forbidden) as exc:
             # Refused here (busy thread, another owner, cancelled): it ends at once, visibly.
             code = exc.code if isinstance(exc, RunRejected) else "forbidden"
@@ -544,7 +579,8 @@ class RunManager:
             _, run_id = self._finished.popleft()
             run = self.runs.pop(run_id, None)
             if run is not None:
-                self._retained_bytes -= run.log.nbytes
+                if run.log.compacted:  # counted once compact (see _compact)
+                    self._retained_bytes -= run.log.nbytes
                 ids = self._threads.get(run.thread_id)
                 if ids is not None:
                     ids.remove(run_id)

@@ -21,4 +21,7 @@ until curl -sf -X POST "http://127.0.0.1:$PORT/assistants/search" -d '{}' >/dev/
     if [ "$tries" -gt 120 ]; then echo "langgraph dev did not start: see .langgraph-dev.log"; exit 1; fi
     sleep 0.5
 done
-LANGGRAPH_API_URL="http://127.0.0.1:$PORT" .venv/bin/python -m pytest tests/test_langgraph_api.py -p no:cacheprovider "$@"
+LANGGRAPH_API_URL="http://127.0.0.1:$PORT" .venv/bin/python -m pytest tests/test_langgraph_api.py \
+    tests/test_crons.py tests/test_webhooks.py tests/test_after_seconds.py \
+    tests/test_store.py tests/test_assistants.py tests/test_thread_stream.py \
+    -p no:cacheprovider "$@"

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
@@ -41,7 +41,7 @@ from langchain_core.runnables.schema import StreamEvent
 from langgraph.types import Command
 from pydantic import BaseModel
 
-from agent_server.frames import Emitted, _json_default, dumps, encode_part
+from agent_server.frames import Emitted, Encoded, _json_default, dumps, encode_part
 from agent_server.translate import NOSTREAM_TAG, FrameFactory
 
 # The modes the driver must add to its own stream modes for a run that asks for them.
@@ -129,11 +129,12 @@ DROPPED_METADATA = frozenset({"checkpoint_ns", "lc_versions", "owner"})
 class Meta:
     """One model call's (or node's) metadata, serialised once for all its parts."""
 
-    __slots__ = ("_json", "data", "ns")
+    __slots__ = ("_json", "data", "event", "ns")
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
         self.ns = namespace(data)
+        self.event = ("messages|" + "|".join(self.ns) if self.ns else "messages").encode()
         self._json: bytes | None = None
 
     @property
@@ -155,7 +156,9 @@ class PartTranslator:
         self.legacy = "messages" in self.modes
         self.events = "events" in self.modes
         self._messages = self.tuples or self.legacy
-        self._meta: dict[str, Meta] = {}  # model / node run id -> metadata
+        # model / node run id (a string from events, the UUID itself from callbacks: no
+        # conversion per token) -> metadata
+        self._meta: dict[Hashable, Meta] = {}
         self._seen: set[str] = set()
         self._partial: dict[str, BaseMessageChunk] = {}
 
@@ -196,7 +199,7 @@ class PartTranslator:
         return self._messages
 
     def model_start(
-        self, run_id: str, tags: Sequence[str], metadata: Mapping[str, Any] | None
+        self, run_id: Hashable, tags: Sequence[str], metadata: Mapping[str, Any] | None
     ) -> None:
         if NOSTREAM_TAG in tags:
             return
@@ -205,13 +208,13 @@ class PartTranslator:
             meta["tags"] = [tag for tag in tags if not tag.startswith(("seq:step", "graph:step"))]
             self._meta[run_id] = Meta(meta)
 
-    def model_chunk(self, run_id: str, chunk: Any) -> list[Emitted]:
+    def model_chunk(self, run_id: Hashable, chunk: Any) -> list[Emitted]:
         meta = self._meta.get(run_id)
         if meta is None or not isinstance(chunk, BaseMessage):
             return []
         return self._emit(meta, chunk)
 
-    def model_end(self, run_id: str, output: Any) -> list[Emitted]:
+    def model_end(self, run_id: Hashable, output: Any) -> list[Emitted]:
         meta = self._meta.pop(run_id, None)
         if meta is None or not isinstance(output, BaseMessage):
             return []
@@ -219,7 +222,7 @@ class PartTranslator:
 
     def node_start(
         self,
-        run_id: str,
+        run_id: Hashable,
         name: str,
         tags: Sequence[str],
         metadata: Mapping[str, Any] | None,
@@ -236,7 +239,7 @@ class PartTranslator:
             if message.id is not None:
                 self._seen.add(message.id)
 
-    def node_end(self, run_id: str, output: Any) -> list[Emitted]:
+    def node_end(self, run_id: Hashable, output: Any) -> list[Emitted]:
         meta = self._meta.pop(run_id, None)
         if meta is None:
             return []
@@ -276,8 +279,18 @@ class PartTranslator:
         self._seen.add(message.id)
         parts: list[Emitted] = []
         if self.tuples:
-            raw = b"[%b,%b]" % (dumps_part(message), meta.json)
-            parts.append(self._part("messages", meta.ns, None, raw=raw))
+            # The token path: the message's fields serialised directly (pydantic keeps
+            # exactly them in ``__dict__``), the event formatted in one step.
+            self.make.seq += 1
+            body = dumps(message.__dict__, default=_default)
+            parts.append(
+                Encoded(
+                    self.make.seq,
+                    "part",
+                    b"event: %b\ndata: [%b,%b]\nid: %d\n\n"
+                    % (meta.event, body, meta.json, self.make.seq),
+                )
+            )
         if self.legacy:
             parts.extend(self._legacy(meta, message))
         return parts

@@ -20,21 +20,48 @@ Decisions (read before changing):
 - ``rollback`` cancels the active run, then starts the new run from the checkpoint
   before the cancelled run's first one (the cancelled run's checkpoints stay in the
   history, unlike LangGraph's server, which deletes them).
+- The store, assistant records and thread TTLs live where the checkpoints do (memory,
+  SQLite, PostgreSQL): ``store``, :mod:`agent_server.stores`,
+  :mod:`agent_server.assistants`, ``housekeeping``. With auth on, a user's store
+  namespaces start with their user id, and their assistants are theirs.
+- Crons are claimed per due time in the database, so each fires once across workers
+  (:mod:`agent_server.crons`); webhooks are checked against the SSRF policy when a run
+  is created and again at delivery (:mod:`agent_server.webhooks`); ``after_seconds``
+  delays a queued run in the broker (it outlives the worker) or, for a run of this
+  worker, in its task (holding no slot).
 """
 
 from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
+from agent_server.protocols.langgraph import a2a
 from agent_server.protocols.langgraph.assistants import (
+    count_assistants,
+    create_assistant,
+    delete_assistant,
     get_assistant,
     get_assistant_graph,
     get_assistant_schemas,
+    get_assistant_versions,
+    patch_assistant,
     search_assistants,
+    set_latest_version,
 )
+from agent_server.protocols.langgraph.crons import (
+    count_crons,
+    create_cron,
+    create_thread_cron,
+    delete_cron,
+    get_cron,
+    patch_cron,
+    search_crons,
+)
+from agent_server.protocols.langgraph.housekeeping import copy_thread, prune_threads
 from agent_server.protocols.langgraph.runs import (
     cancel_run,
     create_background_run,
+    create_run_batch,
     create_stateless_background_run,
     delete_run,
     get_run,
@@ -46,6 +73,13 @@ from agent_server.protocols.langgraph.runs import (
     stream_thread_run,
     wait_stateless_run,
     wait_thread_run,
+)
+from agent_server.protocols.langgraph.store import (
+    delete_item,
+    get_item,
+    list_namespaces,
+    put_item,
+    search_items,
 )
 from agent_server.protocols.langgraph.threads import (
     create_thread,
@@ -59,19 +93,28 @@ from agent_server.protocols.langgraph.threads import (
     search_threads,
     update_state,
 )
+from agent_server.protocols.langgraph.threadstream import thread_stream_routes
 
 
 def langgraph_routes() -> list[BaseRoute]:
     return [
+        Route("/assistants", create_assistant, methods=["POST"]),
         Route("/assistants/search", search_assistants, methods=["POST"]),
+        Route("/assistants/count", count_assistants, methods=["POST"]),
         Route("/assistants/{id}", get_assistant, methods=["GET"]),
+        Route("/assistants/{id}", patch_assistant, methods=["PATCH"]),
+        Route("/assistants/{id}", delete_assistant, methods=["DELETE"]),
+        Route("/assistants/{id}/versions", get_assistant_versions, methods=["POST"]),
+        Route("/assistants/{id}/latest", set_latest_version, methods=["POST"]),
         Route("/assistants/{id}/graph", get_assistant_graph, methods=["GET"]),
         Route("/assistants/{id}/schemas", get_assistant_schemas, methods=["GET"]),
         Route("/threads", create_thread, methods=["POST"]),
         Route("/threads/search", search_threads, methods=["POST"]),
+        Route("/threads/prune", prune_threads, methods=["POST"]),
         Route("/threads/{thread_id}", get_thread, methods=["GET"]),
         Route("/threads/{thread_id}", patch_thread, methods=["PATCH"]),
         Route("/threads/{thread_id}", delete_thread, methods=["DELETE"]),
+        Route("/threads/{thread_id}/copy", copy_thread, methods=["POST"]),
         Route("/threads/{thread_id}/state", get_state, methods=["GET"]),
         Route("/threads/{thread_id}/state", update_state, methods=["POST"]),
         Route("/threads/{thread_id}/state/checkpoint", post_state_checkpoint, methods=["POST"]),
@@ -83,6 +126,7 @@ def langgraph_routes() -> list[BaseRoute]:
         Route("/threads/{thread_id}/runs", create_background_run, methods=["POST"]),
         Route("/threads/{thread_id}/runs/stream", stream_thread_run, methods=["POST"]),
         Route("/threads/{thread_id}/runs/wait", wait_thread_run, methods=["POST"]),
+        Route("/threads/{thread_id}/runs/crons", create_thread_cron, methods=["POST"]),
         Route("/threads/{thread_id}/runs/{run_id}", get_run, methods=["GET"]),
         Route("/threads/{thread_id}/runs/{run_id}", delete_run, methods=["DELETE"]),
         Route("/threads/{thread_id}/runs/{run_id}/join", join_run, methods=["GET"]),
@@ -91,4 +135,20 @@ def langgraph_routes() -> list[BaseRoute]:
         Route("/runs", create_stateless_background_run, methods=["POST"]),
         Route("/runs/stream", stream_stateless_run, methods=["POST"]),
         Route("/runs/wait", wait_stateless_run, methods=["POST"]),
+        Route("/runs/batch", create_run_batch, methods=["POST"]),
+        Route("/runs/crons", create_cron, methods=["POST"]),
+        Route("/runs/crons/search", search_crons, methods=["POST"]),
+        Route("/runs/crons/count", count_crons, methods=["POST"]),
+        Route("/runs/crons/{cron_id}", get_cron, methods=["GET"]),
+        Route("/runs/crons/{cron_id}", patch_cron, methods=["PATCH"]),
+        Route("/runs/crons/{cron_id}", delete_cron, methods=["DELETE"]),
+        Route("/store/items", put_item, methods=["PUT"]),
+        Route("/store/items", get_item, methods=["GET"]),
+        Route("/store/items", delete_item, methods=["DELETE"]),
+        Route("/store/items/search", search_items, methods=["POST"]),
+        Route("/store/namespaces", list_namespaces, methods=["POST"]),
+        Route("/a2a/{assistant_id}", a2a.rpc, methods=["POST"]),
+        Route("/a2a/{assistant_id}/.well-known/agent-card.json", a2a.agent_card, methods=["GET"]),
+        Route("/a2a/{assistant_id}/.well-known/agent.json", a2a.agent_card, methods=["GET"]),
+        *thread_stream_routes(),  # Agent Protocol v2: docs/thread-streams.md
     ]

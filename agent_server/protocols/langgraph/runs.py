@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_server.auth import user_id
-from agent_server.protocols.langgraph.assistants import assistant_id_of, graph_of
+from agent_server.protocols.langgraph.assistants import assistant_id_of, resolve_assistant
 from agent_server.protocols.langgraph.http import (
     APIError,
     endpoint,
@@ -22,7 +22,7 @@ from agent_server.protocols.langgraph.http import (
     truthy,
 )
 from agent_server.protocols.langgraph.parts import PartOptions
-from agent_server.protocols.langgraph.schemas import RunCreate
+from agent_server.protocols.langgraph.schemas import RunBatch, RunCreate
 from agent_server.protocols.langgraph.stream import (
     resume_from,
     stream,
@@ -35,6 +35,7 @@ from agent_server.runs import RemoteRun, Run, RunStatus
 from agent_server.serving import finished_unless_gone
 from agent_server.sse import SSEResponse
 from agent_server.state import AppState
+from agent_server.webhooks import WebhookRefused
 
 STATUS = {
     RunStatus.PENDING: "pending",
@@ -52,8 +53,10 @@ def run_json(run: Run | RemoteRun | dict[str, Any]) -> dict[str, Any]:
     metadata = {}
     kwargs: dict[str, Any] = {}
     strategy = None
+    assistant_id = assistant_id_of(described["graph"])
     if isinstance(run, Run):
         metadata = dict(run.config.get("metadata") or {})
+        assistant_id = str(metadata.get("assistant_id") or assistant_id)
         strategy = run.multitask_strategy
         for key in ("owner", "run_id", "thread_id", "user_id"):
             metadata.pop(key, None)
@@ -67,7 +70,7 @@ def run_json(run: Run | RemoteRun | dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": described["run_id"],
         "thread_id": described["thread_id"],
-        "assistant_id": assistant_id_of(described["graph"]),
+        "assistant_id": assistant_id,
         "created_at": iso(described["created_at"]),
         "updated_at": iso(updated),
         "status": STATUS.get(RunStatus(described["status"]), "error"),
@@ -126,7 +129,12 @@ async def create_run(
 ) -> Run | RemoteRun:
     """Validate and start a run of the LangGraph API (``thread_id`` None: stateless)."""
     user = user_id(request.scope)
-    entry = graph_of(state, body.assistant_id)
+    assistant, entry = await resolve_assistant(state, body.assistant_id, user)
+    if body.webhook is not None:  # the SSRF guard (agent_server/webhooks.py): 422, no run
+        try:
+            await state.webhooks.check(body.webhook)
+        except WebhookRefused as exc:
+            raise APIError(422, f"Webhook URL refused: {exc}", "webhook_refused") from None
     stateless = thread_id is None
     if thread_id is None:
         thread_id = str(uuid.uuid4())
@@ -143,8 +151,14 @@ async def create_run(
         graph_input: Any = Command(**fields)
     else:
         graph_input = body.input
-    config: dict[str, Any] = {k: v for k, v in (body.config or {}).items() if k != "callbacks"}
-    configurable = dict(config.get("configurable") or {})
+    # The assistant's current version first, the run's own fields over it (LangGraph's).
+    config: dict[str, Any] = {
+        k: v for k, v in {**assistant["config"], **(body.config or {})}.items() if k != "callbacks"
+    }
+    configurable = {
+        **(assistant["config"].get("configurable") or {}),
+        **((body.config or {}).get("configurable") or {}),
+    }
     configurable.update({k: v for k, v in (body.checkpoint or {}).items() if k != "thread_id"})
     if body.checkpoint_id:
         configurable["checkpoint_id"] = body.checkpoint_id
@@ -154,14 +168,14 @@ async def create_run(
         **(config.get("metadata") or {}),
         **(body.metadata or {}),
         "graph_id": entry.name,
-        "assistant_id": assistant_id_of(entry.name),
+        "assistant_id": assistant["assistant_id"],
         "run_id": run_id,
         "thread_id": thread_id,
         **({"user_id": user} if user is not None else {}),
     }
     stream_kwargs: dict[str, Any] = {}
-    if body.context is not None:
-        stream_kwargs["context"] = body.context
+    if body.context is not None or assistant.get("context"):
+        stream_kwargs["context"] = {**(assistant.get("context") or {}), **(body.context or {})}
     if body.interrupt_before is not None:
         stream_kwargs["interrupt_before"] = body.interrupt_before
     if body.interrupt_after is not None:
@@ -191,11 +205,12 @@ async def create_run(
     await state.threads.touch(
         thread_id,
         graph=entry.name,
-        metadata={"graph_id": entry.name, "assistant_id": assistant_id_of(entry.name)},
+        metadata={"graph_id": entry.name, "assistant_id": assistant["assistant_id"]},
     )
+    delay = body.after_seconds or 0.0
     if background and state.runs.broker.shared and run.prepare is None:
-        return await state.runs.enqueue(run, strategy)
-    state.runs.submit(run, strategy)
+        return await state.runs.enqueue(run, strategy, delay=delay, webhook=body.webhook)
+    state.runs.submit(run, strategy, delay=delay, webhook=body.webhook)
     run.multitask_strategy = body.multitask_strategy
     await state.runs.accepted(run)
     if stateless and body.on_completion == "delete":
@@ -238,6 +253,15 @@ async def create_stateless_background_run(request: Request, state: AppState) -> 
     body = await parse(request, state, RunCreate)
     run = await create_run(request, state, body, None, background=True)
     return json_response(run_json(run), 200, **{"Content-Location": f"/runs/{run.run_id}"})
+
+
+@endpoint
+async def create_run_batch(request: Request, state: AppState) -> Response:
+    """Stateless background runs, each on a thread of its own (deleted after it unless
+    ``on_completion="keep"``). Every body is validated before any run starts."""
+    batch = await parse(request, state, RunBatch)
+    runs = [await create_run(request, state, body, None, background=True) for body in batch.root]
+    return json_response([run_json(run) for run in runs])
 
 
 async def final_values(state: AppState, run: Run | RemoteRun) -> Any:

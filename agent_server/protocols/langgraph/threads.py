@@ -30,6 +30,7 @@ from agent_server.protocols.langgraph.schemas import (
     StateUpdate,
     ThreadCreate,
     ThreadSearch,
+    ThreadTTL,
     ThreadUpdate,
 )
 from agent_server.runs import FINISHED, Forbidden
@@ -187,7 +188,18 @@ async def create_thread(request: Request, state: AppState) -> Response:
         if body.if_exists == "raise":
             raise APIError(409, f"Thread with ID {thread_id} already exists", "thread_exists")
         record = await open_thread(state, thread_id, request)
+    else:
+        await set_ttl(state, thread_id, body.ttl)
     return json_response(await thread_json(state, record))
+
+
+async def set_ttl(state: AppState, thread_id: str, ttl: ThreadTTL | None) -> None:
+    """The thread's expiry (agent_server.thread_ttl): ``ttl``, or the default on creation."""
+    default = state.settings.thread_ttl_minutes
+    if ttl is not None:
+        await state.thread_ttl.set(thread_id, ttl.ttl, ttl.strategy)
+    elif default is not None:
+        await state.thread_ttl.set(thread_id, default, "delete")
 
 
 @endpoint
@@ -204,6 +216,8 @@ async def patch_thread(request: Request, state: AppState) -> Response:
     if await state.threads.get(thread_id) is None:
         await state.threads.create(thread_id, record["owner"], record["metadata"], record["graph"])
     await state.threads.touch(thread_id, metadata=body.metadata or {})
+    if body.ttl is not None:
+        await state.thread_ttl.set(thread_id, body.ttl.ttl, body.ttl.strategy)
     return json_response(await thread_json(state, await open_thread(state, thread_id, request)))
 
 
@@ -241,6 +255,7 @@ async def delete_thread(request: Request, state: AppState) -> Response:
         run.cancel("cancelled", "its thread was deleted")
     await state.checkpointer.adelete_thread(thread_id)
     await state.threads.delete(thread_id)
+    await state.thread_ttl.clear(thread_id)
     return Response(status_code=204)
 
 
