@@ -43,6 +43,7 @@ def node() -> str:
 def server() -> Iterator[str]:
     settings = test_settings()
     settings.graphs["approval"] = "tests.hitl_graphs:approval"
+    settings.graphs["slow"] = "tests.lg_graphs:slow"  # thread_stream.mjs, two clients
     with live_server(create_app(settings)) as url:
         yield url
 

@@ -305,7 +305,9 @@ async def test_two_hundred_sockets_leave_nothing_behind(
 
 
 async def test_leaving_a_room_stops_its_runs_frames(url: str) -> None:
-    async with connect(url) as starter, connect(url) as watcher:
+    # The starter reads nothing: with a bounded queue its client would stop reading the
+    # socket, miss the server's close frame and wait out its close timeout (10 s).
+    async with connect(url, max_queue=None) as starter, connect(url) as watcher:
         await watcher.send(json.dumps({"type": "join", "thread_id": "leave-room"}))
         await anext(messages(watcher))
         await starter.send(
@@ -321,6 +323,7 @@ async def test_leaving_a_room_stops_its_runs_frames(url: str) -> None:
         )
         async for message in messages(watcher):
             if message.get("type") == "custom":
+                run_id = message["run_id"]
                 break
         await watcher.send(json.dumps({"type": "leave", "thread_id": "leave-room"}))
         after: list[dict[str, Any]] = []
@@ -333,6 +336,9 @@ async def test_leaving_a_room_stops_its_runs_frames(url: str) -> None:
             await asyncio.wait_for(listen(), 0.6)
         # at most what was already on its way when the leave arrived
         assert len([m for m in after if m.get("type") == "custom"]) <= 3
+        # Ended now, so the server's shutdown does not wait for it.
+        await starter.send(json.dumps({"type": "cancel", "run_id": run_id}))
+        await until_done(starter)
 
 
 async def test_foreign_origins_are_refused_unless_listed() -> None:

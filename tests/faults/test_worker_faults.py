@@ -2,7 +2,8 @@
 
 Two workers share a private Redis and PostgreSQL (see cluster.py). Every client's
 recording is checked: seqs 1..N with no gap and no duplicate, then one final frame.
-Each test prints its figures (run with ``-s`` to see them).
+Each test prints its figures (run with ``-s`` to see them). A test leaves the worker it
+killed or stopped down: ``running`` starts it again for the next one.
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ async def test_sigkill_at_many_points_no_watcher_sees_a_gap(running: Cluster, ro
 
     followers = [f for run in runs.values() for f in run.followers]
     recordings = await gather(followers, timeout=25)
-    await asyncio.to_thread(a.restart)
 
     lost_after: list[float] = []
     on_b = 0
@@ -143,7 +143,6 @@ async def test_sigkill_clients_of_the_killed_worker_resume_elsewhere(running: Cl
     for run in runs:
         run.watch(b, sse=1, ws=0)
     recordings = await gather([f for run in runs for f in run.followers], timeout=10)
-    await asyncio.to_thread(a.restart)
 
     assert not ahead, f"clients ahead of the shared log at the kill (seen, shared): {ahead}"
     for run in runs:
@@ -182,7 +181,6 @@ async def test_sigterm_under_load_ends_that_workers_streams_only(running: Cluste
     exited_after = time.monotonic() - termed_at
     a_recordings = await gather([f for run in on_a for f in run.followers], timeout=10)
     b_recordings = await gather([f for run in on_b for f in run.followers], timeout=20)
-    await asyncio.to_thread(a.restart)
 
     for run in on_a:
         for follower in run.followers:
@@ -228,7 +226,6 @@ async def test_sigterm_shutdown_frames_reach_the_other_workers(running: Cluster)
         running.redis.thaw()
     await asyncio.to_thread(a.wait, 30)
     await gather([f for run in runs for f in run.followers], timeout=12)
-    await asyncio.to_thread(a.restart)
     for run in runs:
         for follower in run.followers:
             assert_complete(follower.recording, ends={"shutdown"})
@@ -241,7 +238,7 @@ async def test_sigterm_clients_of_another_workers_run_resume_there(running: Clus
     or WebSocket close 1012) and gets the whole run; never a ``[DONE]`` before the end."""
     a, b = running.workers
     to_b = Reconnect([b.url], attempts=4)
-    runs = [await start_run(f"b{i}", b, tokens=400, pause=0.02) for i in range(2)]
+    runs = [await start_run(f"b{i}", b, tokens=250, pause=0.02) for i in range(2)]
     for run in runs:
         run.watch(a, sse=2, ws=2, reconnect=to_b)
     for run in runs:
@@ -250,12 +247,16 @@ async def test_sigterm_clients_of_another_workers_run_resume_there(running: Clus
     a.term()
     termed_at = time.monotonic()
     await asyncio.to_thread(a.wait, 30)
-    exited_after = time.monotonic() - termed_at
+    exited_at = time.monotonic()
     recordings = await gather([f for run in runs for f in run.followers], timeout=15)
-    await asyncio.to_thread(a.restart)
-    print(f"\nA exited after {exited_after:.2f} s\n" + "\n".join(r.describe() for r in recordings))
+    print(
+        f"\nA exited after {exited_at - termed_at:.2f} s\n"
+        + "\n".join(r.describe() for r in recordings)
+    )
     for run in runs:
         for follower in run.followers:
             assert_complete(follower.recording, ends={"done"})
         same_frames(run.followers)
-    assert exited_after < 5, "the remote runs (8 s) held the worker's exit"
+    # The runs (5 s) went on on B after A was gone: they did not hold its exit.
+    ended = min(run.starter.recording.final_at or 0 for run in runs)
+    assert exited_at < ended, "the remote runs held the worker's exit"

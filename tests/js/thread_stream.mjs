@@ -33,10 +33,13 @@ await Promise.all([messages, toolCalls]);
 
 await thread.close();
 
-// 2. Two clients on one thread: the same events, replayed then live.
-const first = client.threads.stream({ assistantId: "agent" });
-await first.run.start({ input: human("hello there") });
-const second = client.threads.stream(first.threadId, { assistantId: "agent" });
+// 2. Two clients on one thread: the same events, replayed then live. The run takes
+// a while (20 ms a token): a run over before the first client widens its stream to
+// `messages` would end its subscription on the narrow stream's `completed`, before
+// the replay (the SDK pauses at the root's end), whoever the server.
+const first = client.threads.stream({ assistantId: "slow" });
+await first.run.start({ input: human("one two three four five six seven eight nine ten") });
+const second = client.threads.stream(first.threadId, { assistantId: "slow" });
 const [seenFirst, seenSecond] = await Promise.all([events(first), events(second)]);
 await first.close();
 await second.close();
@@ -47,6 +50,10 @@ await hitl.run.start({ input: human("deploy?") });
 await hitl.output;
 const [interrupt] = hitl.interrupts;
 const asked = { interrupted: hitl.interrupted, payload: interrupt?.payload ?? null };
+// Subscribed before the answer: the SDK ends a subscription at a root terminal event
+// only if that event came after it registered, so one opened after the resumed run had
+// already ended (a fast run) would wait for ever.
+const widened = await hitl.subscribe(["values", "lifecycle"]);
 await hitl.input.respond({
   interrupt_id: interrupt.interruptId,
   namespace: interrupt.namespace,
@@ -55,7 +62,7 @@ await hitl.input.respond({
 // The latest state by seq: a widened stream replays the thread after the live events.
 let last = null;
 let lastSeq = -1;
-for await (const event of await hitl.subscribe(["values", "lifecycle"])) {
+for await (const event of widened) {
   if (event.method === "values" && event.seq > lastSeq) [last, lastSeq] = [event.params.data, event.seq];
 }
 await hitl.close();
