@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench bench-peers clean js test-langgraph-dev
+.PHONY: install run test lint bench bench-scale bench-peers clean js test-langgraph-dev
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agent-server needs Python 3.11+ (set PYTHON=python3.11)")'
@@ -42,6 +42,14 @@ bench: install
 	$(BIN)/python bench/sse_transport.py
 	$(BIN)/python bench/stream_overhead.py
 	$(BIN)/python bench/langgraph_api.py
+
+# Connection scale (docs/performance.md, issue 19): 10,000 idle sockets, then one run
+# watched by 1,000 subscribers over two workers (needs Redis and PostgreSQL).
+bench-scale: install
+	$(BIN)/python bench/connections.py
+	$(BIN)/python bench/fanout.py --token-delay 0.005
+	$(BIN)/python bench/fanout.py --token-delay 0.005 --mode threadstream
+	$(BIN)/python bench/fanout.py
 
 # agent-server against `langgraph dev` and Aegra on the same graph (docs/performance.md).
 # Builds .venv-langgraph and .venv-aegra once; Aegra needs the local PostgreSQL.

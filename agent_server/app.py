@@ -25,7 +25,9 @@ from agent_server.chat_model import load_chat_model
 from agent_server.checkpoints import open_storage
 from agent_server.connections import ConnectionManager
 from agent_server.crons import open_cron_records, schedule
+from agent_server.fanout import Hubs
 from agent_server.graphs import UnknownGraphError, load_graphs
+from agent_server.heartbeats import Heartbeats
 from agent_server.mcp import connect_servers
 from agent_server.mcp import server as mcp_server
 from agent_server.metrics import Metrics
@@ -107,7 +109,12 @@ async def open_state(
             send_timeout=settings.send_timeout,
             retry_ms=settings.sse_retry_ms,
         )
-        connections = ConnectionManager(broker, runs.worker)
+        connections = ConnectionManager(
+            broker,
+            runs.worker,
+            hubs=Hubs(streams),
+            heartbeats=Heartbeats(settings.ws_ping_interval, settings.ws_idle_timeout),
+        )
         sessions: dict[str, Any] = {}
         runs.on_submit.append(fan_out(connections, sessions))
         runs.on_remote_submit.append(fan_out_remote(runs, connections, sessions))
@@ -151,6 +158,8 @@ async def open_state(
         finally:
             await supervisor.close()
             await runs.drain(settings.shutdown_grace)
+            if connections.heartbeats is not None:
+                await connections.heartbeats.stop()
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:

@@ -133,6 +133,7 @@ def _serve(settings: Settings, reload: bool, *, shared_port: bool = False) -> in
     from agent_server.app import create_app
     from agent_server.http_protocol import HttpProtocol
     from agent_server.server import Server
+    from agent_server.ws_protocol import WebSocketProtocol
 
     gc.set_threshold(*GC_THRESHOLDS)
     print(f"agent-server on http://{settings.host}:{settings.port}/", flush=True)
@@ -153,6 +154,9 @@ def _serve(settings: Settings, reload: bool, *, shared_port: bool = False) -> in
         # Protocol-level pings find dead peers; pages rely on the application heartbeat
         # (browsers cannot see these). Oversize messages are refused by the app with a
         # reason (1009); uvicorn's own cap sits just above it.
+        # uvicorn's WebSocket protocol, compressing with a context only while a socket
+        # streams (agent_server/ws_protocol.py): an idle socket holds no zlib state.
+        "ws": WebSocketProtocol,
         "ws_ping_interval": settings.ws_ping_interval,
         "ws_ping_timeout": settings.ws_ping_interval,
         "ws_max_size": settings.ws_max_message_bytes + 64 * 1024,

@@ -13,7 +13,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -21,7 +21,20 @@ from agent_server.auth import User
 from agent_server.brokers import Broker, worker_lost
 from agent_server.frames import dumps
 
+if TYPE_CHECKING:
+    from agent_server.fanout import Hubs
+    from agent_server.heartbeats import Heartbeats
+    from agent_server.ws_protocol import SendShared
+
 SendText = Callable[[str], Awaitable[None]]
+
+
+class Follower(Protocol):
+    """How a socket follows one run: a task of its own, or a hub membership."""
+
+    def cancel(self) -> bool: ...
+
+    def done(self) -> bool: ...
 
 
 def presence_message(thread_id: str, connection: Connection, event: str) -> dict[str, Any]:
@@ -46,6 +59,30 @@ def frames_message(datas: list[bytes]) -> str:
     return (b"[" + b",".join(datas) + b"]").decode()
 
 
+def spawn_into(
+    tasks: set[asyncio.Task[Any]], coroutine: Awaitable[None], name: str
+) -> asyncio.Task[None]:
+    """A task kept in ``tasks`` until it ends (cancelled with the set's owner)."""
+    task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+    task.set_name(name)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
+
+
+async def try_send(send_text: SendText, text: str) -> bool:
+    """Send ``text`` if that completes without waiting; False, with nothing sent, if it
+    would wait. uvicorn's WebSocket ``send`` waits for the transport to be writable
+    *before* writing anything (a paused transport: the client stopped reading), so an
+    abandoned send has written nothing."""
+    try:
+        async with asyncio.timeout(0):
+            await send_text(text)
+    except TimeoutError:
+        return False
+    return True
+
+
 @dataclass(eq=False)
 class Connection:
     """One socket: its sender, its user, what it watches, and the tasks doing it."""
@@ -55,9 +92,13 @@ class Connection:
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     rooms: set[str] = field(default_factory=set)
     threads: set[str] = field(default_factory=set)  # subscribed without presence
-    followers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # run id -> task
+    # run id -> its follower task, or the socket's membership of the run's hub
+    followers: dict[str, Follower] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     send_timeout: float = 10.0
+    # writes a fan-out's ready-framed message without waiting (agent_server/ws_protocol.py),
+    # where the server offers it
+    send_shared: SendShared | None = None
 
     @property
     def user_id(self) -> str | None:
@@ -78,23 +119,32 @@ class Connection:
             await self.send_text(frames_message(datas))
 
     def spawn(self, coroutine: Awaitable[None], name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
-        task.set_name(f"{name} [{self.client_id}]")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        return spawn_into(self.tasks, coroutine, f"{name} [{self.client_id}]")
 
 
 class ConnectionManager:
     """With a shared broker, room membership and presence span workers: members are kept
     in the broker and presence is published there, and each worker tells its own."""
 
-    def __init__(self, broker: Broker | None = None, worker: str = "") -> None:
+    def __init__(
+        self,
+        broker: Broker | None = None,
+        worker: str = "",
+        *,
+        hubs: Hubs | None = None,
+        heartbeats: Heartbeats | None = None,
+    ) -> None:
         self.broker = broker if broker is not None and broker.shared else None
         self.worker = worker
         self.clients: dict[str, Connection] = {}
         self.rooms: dict[str, set[str]] = {}  # thread id -> client ids (members)
         self.watchers: dict[str, set[str]] = {}  # thread id -> client ids (rooms + subscribers)
+        self.hubs = hubs  # one per run followed by sockets here (agent_server/fanout.py)
+        self.tasks: set[asyncio.Task[None]] = set()  # work for many sockets at once
+        self.heartbeats = heartbeats  # every socket's ping and idle time-out, one timer
+
+    def spawn(self, coroutine: Awaitable[None], name: str) -> None:
+        spawn_into(self.tasks, coroutine, name)
 
     def add(self, connection: Connection) -> None:
         self.clients[connection.client_id] = connection
@@ -106,6 +156,8 @@ class ConnectionManager:
             await self.leave(connection, thread_id)
         for thread_id in list(connection.threads):
             self.unwatch(connection, thread_id)
+        for follower in connection.followers.values():
+            follower.cancel()  # a task, or a membership of a run's hub
         tasks = [task for task in connection.tasks if not task.done()]
         for task in tasks:
             task.cancel()
@@ -115,12 +167,12 @@ class ConnectionManager:
 
     async def settle(self, timeout: float) -> None:
         """Let sockets deliver what their runs still have (e.g. ``shutdown`` frames)."""
-        followers = [
-            task
-            for connection in self.clients.values()
-            for task in connection.followers.values()
-            if not task.done()
-        ]
+        followers: set[asyncio.Task[None]] = set()
+        for connection in self.clients.values():
+            for follower in connection.followers.values():
+                task = getattr(follower, "task", follower)  # a hub member: its hub's
+                if isinstance(task, asyncio.Task) and not task.done():
+                    followers.add(task)
         if followers:
             await asyncio.wait(followers, timeout=timeout)
 

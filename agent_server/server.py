@@ -11,7 +11,9 @@ uvicorn's own shutdown then finds the connections finished.
 Order on SIGTERM, as a client sees it: the listening socket is closed at once (a new
 connection is refused); a connection that is already open (keep-alive) still gets
 answers during the drain: 503 ``shutting_down`` for new runs and ``/healthz``. After the
-drain, streams have ``FLUSH_SECONDS`` to write their last frames; a connection whose
+drain, streams have ``FLUSH_SECONDS`` to write their last frames; every WebSocket is
+then closed with 1012 and its client's close awaited (up to ``FLUSH_SECONDS`` again), so
+it ends with a complete closing handshake, not a reset; a connection whose
 client stopped reading (its bytes stay unsent) is then aborted rather than waited for,
 so a stalled reader delays the exit by that second, not by ``timeout_graceful_shutdown``.
 uvicorn re-raises the signal after a graceful shutdown: the process ends *by* SIGTERM.
@@ -39,8 +41,10 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from agent_server.http_protocol import close_late, reset
+from agent_server.ws import close_all
 
 logger = logging.getLogger("agent_server.server")
 
@@ -68,9 +72,11 @@ class Server(uvicorn.Server):
         state = getattr(self.app.state, "agent_server", None)
         if state is not None:
             await state.runs.drain(self.grace)
-            # WebSockets: their followers send the runs' last frames before uvicorn
-            # closes them with 1012.
+            # WebSockets: their followers send the runs' last frames, then each socket
+            # is closed with 1012 and its client's close awaited.
             await state.connections.settle(FLUSH_SECONDS)
+            close_all(state.sessions)
+            await self._closed(WebSocketsSansIOProtocol, FLUSH_SECONDS)
             await self._flush(FLUSH_SECONDS)
         self._guard_shutdowns()
         await super().shutdown(sockets)
@@ -86,6 +92,14 @@ class Server(uvicorn.Server):
             connection.shutdown = functools.partial(  # type: ignore[method-assign]
                 _shut_down, connection, connection.shutdown, connections
             )
+
+    async def _closed(self, kind: type, limit: float) -> None:
+        """Wait (up to ``limit``) until no connection of this kind is left open."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and any(
+            isinstance(connection, kind) for connection in self.server_state.connections
+        ):
+            await asyncio.sleep(0.02)
 
     def _unsent(self) -> list[tuple[Any, asyncio.WriteTransport, int]]:
         """Open connections with bytes waiting for their client to read."""

@@ -35,7 +35,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
-import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -105,7 +104,7 @@ async def run_events(
                 prefix = b""
                 streams.frames_sent += len(batch)
                 if not run.finished:
-                    await asyncio.sleep(streams.window())
+                    await streams.pace()
         except SubscriberTooSlow as exc:
             streams.dropped_slow += 1
             logger.info("dropped a slow SSE subscriber of run %s: %s", run.run_id, exc)
@@ -167,41 +166,50 @@ class SSEResponse(Response):
         )
         disconnected = False
         timed_out = False
+        streaming = True  # the disconnect cancels the body only while it streams
+        task = asyncio.current_task()
+        assert task is not None
 
-        async def watch_disconnect(scope: anyio.CancelScope) -> None:
+        async def watch_disconnect() -> None:
             nonlocal disconnected
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    disconnected = True
-                    scope.cancel()
-                    return
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+            if streaming:
+                task.cancel()
 
         async def send_body(chunk: bytes, more: bool) -> bool:
             # A client that stopped reading blocks send (uvicorn waits for the socket to
             # drain); past the bound we give up on it.
-            with anyio.move_on_after(self.send_timeout) as sending:
-                await send({"type": "http.response.body", "body": chunk, "more_body": more})
-            return not sending.cancelled_caught
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            except TimeoutError:
+                return False
+            return True
 
+        # A bare task, not a task group: an idle stream's watcher is most of what the
+        # stream costs beside its socket (docs/performance.md, "Idle connections").
+        watcher = asyncio.ensure_future(watch_disconnect())
         try:
-            # Errors are handled inside the task group: anyio would wrap them in an
-            # ExceptionGroup that a plain ``except`` does not catch.
-            async with anyio.create_task_group() as group:
-                group.start_soon(watch_disconnect, group.cancel_scope)
-                try:
-                    async for chunk in self.body_iterator:
-                        if not await send_body(chunk, True):
-                            timed_out = True
-                            break
-                    else:
-                        timed_out = not await send_body(b"", False)
-                except OSError:  # servers other than uvicorn may raise on a closed socket
-                    disconnected = True
-                group.cancel_scope.cancel()
+            try:
+                async for chunk in self.body_iterator:
+                    if not await send_body(chunk, True):
+                        timed_out = True
+                        break
+                else:
+                    timed_out = not await send_body(b"", False)
+            except asyncio.CancelledError:
+                if not disconnected:
+                    raise
+                task.uncancel()
+            except OSError:  # servers other than uvicorn may raise on a closed socket
+                disconnected = True
+            streaming = False
             if timed_out:
                 await self._send_timed_out()
         finally:
+            watcher.cancel()
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -6,10 +6,13 @@ each write a stream therefore waits a short *window* while the run goes on, and
 everything that arrived meanwhile leaves in the next write. The first frame after a
 pause is never held: a stream waits only *after* it has written. The window widens with
 the number of streams writing at once (``flush_interval * streams``, capped at
-``flush_interval_max``): under load each run produces frames more slowly, and a fixed
-window would again mean one write per frame just when the CPU is scarce. With the
-defaults a lone stream waits 2 ms, twenty streams 40 ms, never more than 50 ms: below
-what a reader can see, far below a real model's time between tokens.
+``flush_interval_max``), counted as the streams waiting out a window now: a stream
+waiting for its run to say something (an idle page, a quiet run) widens nobody's
+window, so ten thousand idle subscribers leave a new run's first tokens alone. Under
+load each run produces frames more slowly, and a fixed window would again mean one
+write per frame just when the CPU is scarce. With the defaults a lone stream waits 2 ms,
+twenty streams 40 ms, never more than 50 ms: below what a reader can see, far below a
+real model's time between tokens.
 
 Bounds. A subscriber is a position in its run's log, so it buffers nothing of its own;
 one that falls more than ``max_lag`` frames behind, or whose ``send`` does not complete
@@ -19,6 +22,7 @@ log when it reconnects. The run and every other subscriber carry on.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,9 +51,19 @@ class Streams:
     active: int = 0
     frames_sent: int = 0
     dropped_slow: int = 0
+    pacing: int = 0  # streams waiting out a window now (see the module docstring)
 
     def window(self) -> float:
-        return min(self.flush_interval_max, self.flush_interval * max(1, self.active))
+        return min(self.flush_interval_max, self.flush_interval * (self.pacing + 1))
+
+    async def pace(self) -> None:
+        """Wait the window after a write, counted as a stream writing meanwhile."""
+        window = self.window()
+        self.pacing += 1
+        try:
+            await asyncio.sleep(window)
+        finally:
+            self.pacing -= 1
 
     @contextmanager
     def stream(self) -> Iterator[None]:

@@ -48,8 +48,9 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from agent_server.auth import SUBPROTOCOL, User
 from agent_server.brokers import BrokerUnavailable
-from agent_server.connections import Connection, ConnectionManager, SendText
+from agent_server.connections import Connection, ConnectionManager, SendText, try_send
 from agent_server.cursors import MAX_SEQ
+from agent_server.fanout import Hubs
 from agent_server.graphs import UnknownGraphError
 from agent_server.runs import (
     Forbidden,
@@ -62,6 +63,7 @@ from agent_server.runs import (
 from agent_server.schemas import THREAD_ID_PATTERN, ClientId, RunConfig
 from agent_server.state import AppState
 from agent_server.streams import StreamError
+from agent_server.ws_protocol import SEND_SHARED, SendShared
 
 logger = logging.getLogger("agent_server.ws")
 
@@ -69,6 +71,7 @@ CLOSE_POLICY = 1008  # authentication failed; rate limit exceeded
 CLOSE_TOO_BIG = 1009
 CLOSE_IDLE = 4001  # no message or pong within the idle timeout: reconnect
 CLOSE_SLOW = 4008  # could not keep up with its runs: reconnect and resume from the log
+CLOSE_RESTART = 1012  # the server is shutting down (after its runs' last frames)
 
 
 class _Message(BaseModel):
@@ -168,20 +171,36 @@ class Session:
     :meth:`end` once the socket is gone, however it went.
     """
 
+    # Runs reach the socket through their hubs (agent_server/fanout.py); a transport
+    # with a fan-out of its own (the Channels groups) turns this off.
+    fanout = True
+
     def __init__(
-        self, state: AppState, *, send_text: SendText, close: Close, user: User | None
+        self,
+        state: AppState,
+        *,
+        send_text: SendText,
+        close: Close,
+        user: User | None,
+        send_shared: SendShared | None = None,
     ) -> None:
         self.state = state
         self.settings = state.settings
         self.connections: ConnectionManager = state.connections
         self.connection = Connection(
-            send_text=send_text, user=user, send_timeout=state.streams.send_timeout
+            send_text=send_text,
+            user=user,
+            send_timeout=state.streams.send_timeout,
+            send_shared=send_shared,
         )
         self._close = close
         self.bucket = TokenBucket(self.settings.ws_rate_limit, self.settings.ws_rate_burst)
         self.reserved: set[str] = set()  # runs this socket will follow once acknowledged
         self.explicit: set[str] = set()  # runs it started or subscribed to by run id
         self.last_heard = time.monotonic()
+        # Runs reach this socket through their hubs (agent_server/fanout.py), unless the
+        # transport fans out by itself.
+        self.hubs: Hubs | None = self.connections.hubs if self.fanout else None
         self.closing: tuple[int, str] | None = None  # set once the session is closing
         self.closed = False  # the close was sent
         self.ended = False
@@ -190,7 +209,8 @@ class Session:
         """Register the socket (rooms, fan-out, cleanup) and start the heartbeat."""
         self.state.sessions[self.connection.client_id] = self
         self.connections.add(self.connection)
-        self.connection.spawn(self.heartbeat(), "ws-heartbeat")
+        if self.connections.heartbeats is not None:
+            self.connections.heartbeats.add(self)
 
     async def receive(self, raw: str | bytes) -> None:
         """One client message: the size and rate limits, then the protocol."""
@@ -214,6 +234,8 @@ class Session:
         if self.ended:
             return
         self.ended = True
+        if self.connections.heartbeats is not None:
+            self.connections.heartbeats.discard(self)
         await self.connections.remove(self.connection)
         self.state.sessions.pop(self.connection.client_id, None)
         if self.closing is not None:
@@ -446,19 +468,20 @@ class Session:
                 if task is not None:
                     task.cancel()
 
-    async def follow_remote(self, run_id: str) -> None:
-        run = await self.state.runs.find(run_id)
-        if run is not None and self.state.runs.owned_thread(run.thread_id, self.connection.user_id):
-            self.follow(run)
-
     def follow_thread(self, thread_id: str) -> None:
         for run in self.state.runs.thread_runs(thread_id):
             if not run.finished:
                 self.follow(run)
 
     def follow(self, run: Run | RemoteRun, after: int = 0) -> None:
+        """Send the run's frames after ``after`` to this socket: through the run's hub
+        (agent_server/fanout.py), or on its own until it has caught up with the hub."""
         if run.run_id in self.connection.followers:
             return
+        if self.hubs is None or self.hubs.join(run, self, after) is None:
+            self.follow_alone(run, after)
+
+    def follow_alone(self, run: Run | RemoteRun, after: int) -> None:
         task = self.connection.spawn(self.pump(run, after), f"ws-follow-{run.run_id}")
         self.connection.followers[run.run_id] = task
 
@@ -471,8 +494,13 @@ class Session:
                 ):
                     await self.connection.send_frames([entry.data for entry in batch])
                     streams.frames_sent += len(batch)
-                    if not run.finished:
-                        await asyncio.sleep(streams.window())
+                    if run.finished:
+                        continue
+                    # Caught up with the run's hub: it takes over (fanout.py).
+                    hubs = self.hubs
+                    if hubs is not None and hubs.join(run, self, batch[-1].seq, create=False):
+                        return
+                    await streams.pace()
         except (SubscriberTooSlow, TimeoutError):
             streams.dropped_slow += 1
             await self.close_soon(CLOSE_SLOW, "too slow to keep up; reconnect and resume")
@@ -502,17 +530,28 @@ class Session:
         with contextlib.suppress(Exception):  # the peer may be gone already
             await self._close(code, reason)
 
-    async def heartbeat(self) -> None:
-        interval = self.settings.ws_ping_interval
+    async def ping(self) -> None:
+        """The application ``ping`` (agent_server/heartbeats.py), unless the socket is
+        backed up: then its frames are waiting already."""
+        ping = orjson.dumps({"type": "ping", "ts": _now_ms()}).decode()
+        await try_send(self.connection.send_text, ping)
+
+    def expire(self) -> None:
+        """Silent past the idle timeout (agent_server/heartbeats.py): close."""
         idle = self.settings.ws_idle_timeout
-        while True:
-            silent = time.monotonic() - self.last_heard
-            if silent >= idle:
-                await self.close_soon(CLOSE_IDLE, f"idle timeout: nothing received for {idle:g} s")
-                return
-            await asyncio.sleep(min(interval, idle - silent))
-            if time.monotonic() - self.last_heard < idle:
-                await self.send({"type": "ping", "ts": _now_ms()})
+        reason = f"idle timeout: nothing received for {idle:g} s"
+        self.connection.spawn(self.close_soon(CLOSE_IDLE, reason), "ws-idle")
+
+
+def close_all(sessions: dict[str, Session]) -> None:
+    """At shutdown, after the runs' last frames: close every socket with 1012. The server
+    then waits for the clients' closes (agent_server/server.py), so that each socket
+    ends with a complete closing handshake; uvicorn's own shutdown would close the TCP
+    connection right after its close frame, and the client's answer would meet a reset."""
+    for session in list(sessions.values()):
+        if session.closing is None:
+            session.closing = (CLOSE_RESTART, "server shutting down; reconnect")
+            session.connection.spawn(session.close_now(*session.closing), "ws-shutdown")
 
 
 def origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
@@ -546,13 +585,25 @@ def fan_out(connections: ConnectionManager, sessions: dict[str, Session]) -> Any
 def fan_out_remote(
     runs: RunManager, connections: ConnectionManager, sessions: dict[str, Session]
 ) -> Any:
-    """A ``RunManager.on_remote_submit`` callback: rooms span workers."""
+    """A ``RunManager.on_remote_submit`` callback: rooms span workers. The run is looked
+    up once for all of this worker's watchers, which then join its one hub together."""
+
+    async def follow(run_id: str, watchers: list[Session]) -> None:
+        run = await runs.find(run_id)
+        if run is None:
+            return
+        for session in watchers:
+            if not session.ended and runs.owned_thread(run.thread_id, session.connection.user_id):
+                session.follow(run)
 
     def on_remote_submit(run_id: str, thread_id: str) -> None:
-        for connection in connections.watching(thread_id):
-            session = sessions.get(connection.client_id)
-            if session is not None:
-                connection.spawn(session.follow_remote(run_id), f"ws-remote-{run_id}")
+        watchers = [
+            session
+            for connection in connections.watching(thread_id)
+            if (session := sessions.get(connection.client_id)) is not None
+        ]
+        if watchers:
+            connections.spawn(follow(run_id, watchers), f"ws-remote-{run_id}")
 
     return on_remote_submit
 
@@ -586,6 +637,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         send_text=websocket.send_text,
         close=close,
         user=user if isinstance(user, User) else None,
+        send_shared=websocket.scope["extensions"].get(SEND_SHARED),
     )
     await session.open()
     try:

@@ -1,7 +1,8 @@
 """The benchmark's graph: the repository's agent with a model that answers at length.
 
 The first turn calls two tools in parallel (calculator and current_time); after their
-results the model streams a long answer (``BENCH_TOKENS`` words, default 2,000).
+results the model streams a long answer (``BENCH_TOKENS`` words, default 2,000), as fast
+as it can or, with ``BENCH_TOKEN_DELAY`` seconds between tokens, at a model's pace.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from agent_server.tools import ToolRegistry
 from graphs.agent import make_graph as make_agent
 
 ANSWER_TOKENS = int(os.environ.get("BENCH_TOKENS", "2000"))
+TOKEN_DELAY = float(os.environ.get("BENCH_TOKEN_DELAY", "0"))
 
 
 class LongAnswerModel(ScriptedChatModel):
@@ -35,7 +37,7 @@ class LongAnswerModel(ScriptedChatModel):
 
 def make_graph(tools: ToolRegistry) -> CompiledStateGraph:
     """The agent graph over the registry's tools, answering with a long text."""
-    return make_agent(tools=tools, model=LongAnswerModel())
+    return make_agent(tools=tools, model=LongAnswerModel(token_delay=TOKEN_DELAY))
 
 
 # For LangGraph's own server (bench/langgraph.json), which takes a compiled graph.

@@ -20,7 +20,10 @@ It prints, per N:
   arrive as one JSON array);
 - delivery lag, for every frame at every subscriber: the time the client parsed it
   minus the frame's ``ts`` (set by A; one machine, one clock; ``ts`` is whole ms, so a
-  lag carries up to +1 ms of rounding), p50 and p99 for A's and B's subscribers apart;
+  lag carries up to +1 ms of rounding), p50 and p99 for A's and B's subscribers apart.
+  Once subscribed, a client keeps each message with its arrival time and parses it
+  after the run: parsing half a million frames (N = 1000) in this one process would
+  otherwise queue the arrivals behind it and count the client's own work as lag;
 - how long the run itself took on A (``done.ts - run_start.ts``), and the CPU seconds
   spent meanwhile by this client, by A, by B and by the Redis server (all of it, from
   ``INFO cpu``), each also as a share of the wall time; a share of 85 % or more is
@@ -39,7 +42,10 @@ script exits with status 1 after the last row.
 subscriber of a run executing elsewhere holds one connection in ``XREAD BLOCK``.
 ``--mode join`` joins the thread's room instead of subscribing: the same frames, plus
 ``presence`` to every member on each join, i.e. O(N^2) messages while subscribing; it is
-there to measure that, not for large N. ``--deflate`` offers permessage-deflate as
+there to measure that, not for large N. ``--mode threadstream`` subscribes through the
+LangGraph API's thread stream instead (``/langgraph/threads/{T}/stream/events`` over
+WebSocket: the ``messages``, ``tools`` and ``lifecycle`` channels, one event per message,
+lag from each event's ``timestamp``). ``--deflate`` offers permessage-deflate as
 browsers do (the server then compresses every message once per socket).
 
 Loopback only. Needs Redis and PostgreSQL (``AGENT_SERVER_TEST_REDIS``,
@@ -51,7 +57,8 @@ never takes much more than ``--budget`` plus the workers' start. The figures are
 compare the rows of one run with each other rather than across runs or machines
 (``--rounds`` repeats each N).
 
-    python bench/fanout.py [--counts 1,100,1000] [--tokens 500] [--mode thread|join]
+    python bench/fanout.py [--counts 1,100,1000] [--tokens 500] [--token-delay 0]
+                           [--mode thread|join|threadstream]
                            [--broker-max-connections N] [--deflate] [--rounds 1]
                            [--timeout 60] [--stall 10] [--budget 170]
 """
@@ -62,6 +69,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -79,12 +87,27 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from websockets.asyncio.client import connect
+from websockets.frames import Opcode
+from websockets.http11 import Response
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.connections import Stats, WsClient  # noqa: E402
+
 POSTGRES = os.environ.get("AGENT_SERVER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("AGENT_SERVER_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TERMINAL = ("done", "error")
+TERMINAL_MARKERS = tuple(f'"type":"{kind}"' for kind in TERMINAL)
+PING_MARKER = '"type":"ping"'
+# the root's end on a LangGraph thread stream (one event object per message)
+THREAD_END = re.compile(
+    rb'"method":"lifecycle","params":\{"namespace":\[\],"timestamp":\d+,'
+    rb'"data":\{"event":"(?:completed|failed|interrupted)"'
+)
+NATIVE_END = re.compile(b"|".join(re.escape(m.encode()) for m in TERMINAL_MARKERS))
+THREAD_RUN = "the thread's run"  # what a thread stream's events say of their run
+MARKER_SIZE = 160  # longer than either end marker: the seam between two reads
 CONNECTING_AT_ONCE = 64  # handshakes in flight; the rest wait (kind to both accept queues)
 SATURATED = 0.85  # CPU time / wall time above which a process (one thread) is saturated
 
@@ -158,6 +181,7 @@ def workers(
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "BENCH_TOKENS": str(args.tokens),
+        "BENCH_TOKEN_DELAY": str(args.token_delay),
         "AGENT_SERVER_DATABASE_URL": database,
         "AGENT_SERVER_BROKER_URL": broker,
         "AGENT_SERVER_BROKER_PREFIX": prefix,
@@ -234,9 +258,162 @@ class Subscriber:
     run_ids: set[str] = field(default_factory=set)
     first_ts: int = 0  # run_start's ts
     done_ts: int = 0  # the terminal frame's ts
-    last_at: float = 0.0  # time.time() when its last frame was parsed
+    last_at: float = 0.0  # time.time() when its last frame arrived
+    received: int = 0  # messages received after the acknowledgement (live, for stalls)
+    # (arrival time in ms, the message): parsed by read() once every subscriber is done
+    arrived: list[tuple[float, str]] = field(default_factory=list)
+    parse: Callable[[], None] = lambda: None  # its socket's bytes into ``arrived``
     terminal: str | None = None
     error: str | None = None  # why it stopped reading before the terminal frame
+
+
+def read(subscriber: Subscriber, arrived: list[tuple[float, str]]) -> None:
+    """The frames of the messages a subscriber kept, with their arrival times."""
+    for now, raw in arrived:
+        data = orjson.loads(raw)
+        carried = False
+        for message in data if isinstance(data, list) else (data,):
+            if message.get("type") == "event":  # a LangGraph thread stream's
+                carried = True
+                read_thread_event(subscriber, now, message)
+                continue
+            if "seq" not in message:  # socket-level: presence, ping, error
+                if message.get("type") == "error":
+                    subscriber.error = f"error message {message.get('code')}"
+                continue
+            carried = True
+            seq = message["seq"]
+            if seq != subscriber.last_seq + 1:
+                subscriber.gaps += 1
+            subscriber.last_seq = seq
+            subscriber.frames += 1
+            subscriber.run_ids.add(message["run_id"])
+            subscriber.lags.append(now - message["ts"])
+            if message["type"] == "run_start":
+                subscriber.first_ts = message["ts"]
+            elif message["type"] in TERMINAL:
+                subscriber.terminal = message["type"]
+                subscriber.done_ts = message["ts"]
+        if carried:
+            subscriber.messages += 1
+            subscriber.last_at = now / 1000
+
+
+def read_thread_event(subscriber: Subscriber, now: float, event: dict[str, Any]) -> None:
+    """An event of a thread stream: seqs rise (not one by one), the run is the thread's."""
+    seq, params = event["seq"], event["params"]
+    if seq <= subscriber.last_seq:
+        subscriber.gaps += 1
+    subscriber.last_seq = seq
+    subscriber.frames += 1
+    subscriber.run_ids.add(THREAD_RUN)
+    subscriber.lags.append(now - params["timestamp"])
+    subscriber.first_ts = subscriber.first_ts or params["timestamp"]
+    data = params["data"]
+    ended = data.get("event") in ("completed", "failed", "interrupted")
+    if event["method"] == "lifecycle" and not params["namespace"] and ended:
+        subscriber.terminal = "done" if data["event"] == "completed" else data["event"]
+        subscriber.done_ts = params["timestamp"]
+
+
+class SubscriberSocket(WsClient):
+    """One subscriber's socket on websockets' sans-I/O protocol (bench/connections.py),
+    a tenth of the asyncio client's cost per message: until acknowledged, each message
+    is parsed; then it is kept with its arrival time and parsed after the run (see the
+    module docstring), except the heartbeat's ``ping``, answered at once."""
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        uri: str,
+        deflate: bool,
+        acknowledgement: str,
+        on_acknowledged: Callable[[], None],
+        end: re.Pattern[bytes] = NATIVE_END,
+    ) -> None:
+        super().__init__(0, uri, deflate, Stats())
+        self.conn.max_size = None
+        self.subscriber = subscriber
+        self.acknowledgement = acknowledgement
+        self.end_marker = end
+        self.on_acknowledged = on_acknowledged
+        self.arrived = subscriber.arrived
+        self.deflate = deflate  # compressed bytes: parsed as they come
+        self.chunks: list[tuple[float, bytes]] = []  # (arrival time in ms, bytes read)
+        self.tail = b""
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport
+        self.transport = transport
+        self.conn.send_request(self.conn.connect())
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time() * 1000
+        if self.subscriber.acknowledged and not self.deflate:
+            # Kept as it came, parsed after the run (see the module docstring); the run's
+            # end is spotted in the bytes (a marker may straddle two reads).
+            self.chunks.append((now, data))
+            self.subscriber.received += 1
+            seam = self.tail + data[:MARKER_SIZE]
+            if self.end_marker.search(data) or self.end_marker.search(seam):
+                self.end(None)
+            self.tail = data[-MARKER_SIZE:]
+            return
+        self.parse(now, data)
+        self.flush()
+
+    def parse(self, now: float, data: bytes) -> None:
+        self.conn.receive_data(data)
+        for event in self.conn.events_received():
+            if isinstance(event, Response):
+                if event.status_code == 101 and self.conn.handshake_exc is None:
+                    self.opened.set_result(None)
+                else:
+                    self.opened.set_exception(RuntimeError(f"handshake {event.status_code}"))
+            elif event.opcode is Opcode.TEXT:
+                self.on_message(now, event.data.decode())
+            elif event.opcode is Opcode.CLOSE and self.conn.close_rcvd is not None:
+                close = self.conn.close_rcvd
+                self.end(f"closed by the server ({close.code} {close.reason})")
+
+    def parse_chunks(self) -> None:
+        """The bytes kept during the run, each message with its chunk's arrival time."""
+        for now, data in self.chunks:
+            self.parse(now, data)
+        self.chunks.clear()
+
+    def on_message(self, now: float, raw: str) -> None:
+        subscriber = self.subscriber
+        if subscriber.acknowledged:
+            self.arrived.append((now, raw))
+            subscriber.received += 1
+            if self.end_marker.search(raw.encode()):
+                self.end(None)
+            elif PING_MARKER in raw and orjson.loads(raw).get("type") == "ping":
+                self.send({"type": "pong"})
+            return
+        data = orjson.loads(raw)
+        for message in data if isinstance(data, list) else (data,):
+            kind = message.get("type")
+            if kind == "error":
+                self.end(f"error message {message.get('code')}")
+            elif kind == self.acknowledgement:
+                subscriber.acknowledged = True
+                self.on_acknowledged()
+            elif "seq" in message:
+                self.arrived.append((now, orjson.dumps(message).decode()))
+
+    def end(self, error: str | None) -> None:
+        if not self.finished.done():
+            self.subscriber.error = self.subscriber.error or error
+            self.finished.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"lost during the handshake: {exc}"))
+        self.end(f"connection lost ({exc})")
 
 
 async def subscribe_and_read(
@@ -248,60 +425,38 @@ async def subscribe_and_read(
     on_acknowledged: Callable[[], None],
 ) -> None:
     """Connect, subscribe (or join), then read until the run's terminal frame."""
-    request = {"type": "join" if args.mode == "join" else "subscribe", "thread_id": thread_id}
-    acknowledgement = "presence" if args.mode == "join" else "subscribed"
-    lags = subscriber.lags
+    path, end = "/ws", NATIVE_END
+    if args.mode == "threadstream":
+        path, end = f"/langgraph/threads/{thread_id}/stream/events", THREAD_END
+        params = {"channels": ["messages", "tools", "lifecycle"]}
+        request: dict[str, Any] = {"id": 1, "method": "subscription.subscribe", "params": params}
+        acknowledgement = "success"
+    else:
+        request = {"type": "join" if args.mode == "join" else "subscribe", "thread_id": thread_id}
+        acknowledgement = "presence" if args.mode == "join" else "subscribed"
+    port = int(url.rsplit(":", 1)[1])
+
+    def acknowledged() -> None:
+        gate.release()
+        on_acknowledged()
+
+    uri = url.replace("http://", "ws://") + path
+    socket_ = SubscriberSocket(subscriber, uri, args.deflate, acknowledgement, acknowledged, end)
     await gate.acquire()
     try:
-        async with connect(
-            url.replace("http://", "ws://") + "/ws",
-            compression="deflate" if args.deflate else None,
-            max_size=None,
-            ping_interval=None,  # the server pings; the client library answers
-            open_timeout=60,
-            close_timeout=2,
-        ) as ws:
-            await ws.send(orjson.dumps(request).decode())
-            async for raw in ws:
-                now = time.time() * 1000
-                data = orjson.loads(raw)
-                carried = False
-                for message in data if isinstance(data, list) else (data,):
-                    if "seq" not in message:  # socket-level: ack, presence, ping, error
-                        kind = message.get("type")
-                        if kind == "ping":  # the app heartbeat: answer, or be closed as idle
-                            await ws.send('{"type":"pong"}')
-                        elif kind == "error":
-                            raise RuntimeError(f"error message {message.get('code')}")
-                        elif kind == acknowledgement and not subscriber.acknowledged:
-                            subscriber.acknowledged = True
-                            gate.release()
-                            on_acknowledged()
-                        continue
-                    carried = True
-                    seq = message["seq"]
-                    if seq != subscriber.last_seq + 1:
-                        subscriber.gaps += 1
-                    subscriber.last_seq = seq
-                    subscriber.frames += 1
-                    subscriber.run_ids.add(message["run_id"])
-                    lags.append(now - message["ts"])
-                    if message["type"] == "run_start":
-                        subscriber.first_ts = message["ts"]
-                    elif message["type"] in TERMINAL:
-                        subscriber.terminal = message["type"]
-                        subscriber.done_ts = message["ts"]
-                if carried:
-                    subscriber.messages += 1
-                    subscriber.last_at = now / 1000
-                if subscriber.terminal is not None:
-                    return
-            subscriber.error = f"closed by the server ({ws.close_code} {ws.close_reason})"
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: socket_, "127.0.0.1", port)
+        await asyncio.wait_for(socket_.opened, 60)
+        socket_.send(request)
+        await socket_.finished
     except Exception as exc:
         subscriber.error = f"{type(exc).__name__}: {exc}"[:120]
     finally:
         if not subscriber.acknowledged:
             gate.release()
+        if socket_.transport is not None:
+            socket_.transport.abort()
+        subscriber.parse = socket_.parse_chunks
 
 
 # -- one measurement -------------------------------------------------------------------------
@@ -398,7 +553,7 @@ async def wait_for_subscribers(
         nonlocal sample
         while True:
             await asyncio.sleep(0.2)
-            frames = sum(s.frames for s in subscribers)
+            frames = sum(s.received for s in subscribers)
             if sample is None or frames != sample[0]:
                 sample = (frames, counters(a, b))
 
@@ -411,12 +566,12 @@ async def wait_for_subscribers(
                 return counters(a, b), ""
             if remaining <= 0:
                 return counters(a, b), "waiting stopped at the time limit"
-            progress = sum(s.frames for s in subscribers)
+            progress = sum(s.received for s in subscribers)
             window = min(args.stall, remaining)
             done, _ = await asyncio.wait(
                 pending, timeout=window, return_when=asyncio.FIRST_COMPLETED
             )
-            if not done and sum(s.frames for s in subscribers) == progress:
+            if not done and sum(s.received for s in subscribers) == progress:
                 if window < args.stall:
                     return counters(a, b), "waiting stopped at the time limit"
                 stalled = f"no frame came for {args.stall:g} s"
@@ -425,10 +580,11 @@ async def wait_for_subscribers(
         sampling.cancel()
 
 
-def why_incomplete(s: Subscriber, run_id: str, last_seq: int) -> str | None:
-    if s.terminal == "done" and not s.gaps and s.run_ids == {run_id} and s.frames == last_seq:
+def why_incomplete(s: Subscriber, run_id: str, last_seq: int, frames: int) -> str | None:
+    runs = {run_id, THREAD_RUN}
+    if s.terminal == "done" and not s.gaps and s.run_ids <= runs and s.frames == frames:
         return None
-    if s.run_ids - {run_id}:
+    if s.run_ids - runs:
         return "saw another run"
     if s.gaps:
         return "gap in seqs"
@@ -448,8 +604,11 @@ async def measure(
     http: httpx.AsyncClient,
     args: argparse.Namespace,
 ) -> Result:
-    thread_id = f"fanout-{uuid.uuid4().hex[:12]}"
+    thread_id = str(uuid.uuid4())
     urls = {"A": a.url, "B": b.url}
+    if args.mode == "threadstream":  # the LangGraph API's threads exist before a stream
+        created = await http.post(f"{a.url}/langgraph/threads", json={"thread_id": thread_id})
+        created.raise_for_status()
     lags: dict[str, list[float]] = {"A": [], "B": []}
     subscribers = [Subscriber(side, lags[side]) for side in sides]
     gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
@@ -495,15 +654,19 @@ async def measure(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for subscriber in subscribers:  # also when stopped: the figures cover what arrived
+            subscriber.parse()
+            read(subscriber, subscriber.arrived)
 
     executor = await executing_worker(prefix, run_id)
     if f"-{a.process.pid}-" not in executor:
         raise RuntimeError(f"{label}: the run was executed by {executor!r}, not by A")
     finished = [s for s in subscribers if s.terminal == "done"]
     last_seq = max((s.last_seq for s in finished), default=0)
+    frames = max((s.frames for s in finished), default=0)
     missing: dict[str, Counter[str]] = {"A": Counter(), "B": Counter()}
     for s in subscribers:
-        reason = why_incomplete(s, run_id, last_seq)
+        reason = why_incomplete(s, run_id, last_seq, frames)
         if reason is not None:
             missing[s.side][reason] += 1
     wall = max((s.last_at for s in subscribers), default=started) - started
@@ -518,7 +681,7 @@ def report(result: Result) -> None:
     on = {side: sum(s.side == side for s in subscribers) for side in "AB"}
     print(
         f"{result.label}: {on['A']} on A, {on['B']} on B; {frames:,} frames "
-        f"({result.last_seq} per run) in {messages:,} messages "
+        f"({frames // max(len(subscribers), 1)} per subscriber) in {messages:,} messages "
         f"({frames / max(messages, 1):.1f} frames/message) in {result.wall:.2f} s "
         f"= {frames / max(result.wall, 1e-9):,.0f} frames/s"
     )
@@ -556,11 +719,16 @@ async def bench(a: Worker, b: Worker, prefix: str, args: argparse.Namespace) -> 
     args.deadline = time.monotonic() + args.budget
     async with httpx.AsyncClient(timeout=30) as http:
         await measure("warm-up", ["A", "B"], a, b, prefix, http, args)
-        mode = "subscribe thread_id" if args.mode == "thread" else "join (room, with presence)"
+        mode = {
+            "thread": "subscribe thread_id",
+            "join": "join (room, with presence)",
+            "threadstream": "LangGraph thread stream (messages, tools, lifecycle)",
+        }[args.mode]
         pool = args.broker_max_connections or "redis-py default"
         print(
-            f"one run of the bench graph ({args.tokens} tokens) executed by A, fanned out over "
-            f"/ws; mode: {mode}; permessage-deflate {'on' if args.deflate else 'off'}; "
+            f"one run of the bench graph ({args.tokens} tokens, {args.token_delay:g} s apart) "
+            f"executed by A, fanned out over /ws; mode: {mode}; "
+            f"permessage-deflate {'on' if args.deflate else 'off'}; "
             f"workers' Redis pool: {pool}; lag = client receive time - frame ts"
         )
         for count in args.counts:
@@ -584,7 +752,13 @@ def main() -> None:
         help="subscriber counts, comma-separated (default 1,100,1000)",
     )
     parser.add_argument("--tokens", type=int, default=500, help="BENCH_TOKENS of the run")
-    parser.add_argument("--mode", choices=("thread", "join"), default="thread")
+    parser.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.0,
+        help="seconds between the model's tokens (BENCH_TOKEN_DELAY; 0: as fast as it can)",
+    )
+    parser.add_argument("--mode", choices=("thread", "join", "threadstream"), default="thread")
     parser.add_argument(
         "--broker-max-connections",
         type=int,

@@ -19,6 +19,8 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from agent_server.ws_protocol import WebSocketProtocol
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,6 +34,7 @@ def live_server(app: ASGIApp, **config: object) -> Iterator[str]:
     options: dict[str, object] = {
         "loop": "uvloop",
         "http": "httptools",
+        "ws": WebSocketProtocol,
         "log_level": "warning",
         "lifespan": "on",
         "timeout_graceful_shutdown": 2,

@@ -93,7 +93,7 @@ class GroupPublisher:
                         },
                     )
                     if not run.finished:
-                        await asyncio.sleep(streams.window())
+                        await streams.pace()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -113,6 +113,8 @@ class GroupPublisher:
 
 class GroupSession(Session):
     """The WebSocket protocol with its rooms on a Channels layer (see the module)."""
+
+    fanout = False  # the layer's groups fan out
 
     def __init__(
         self,

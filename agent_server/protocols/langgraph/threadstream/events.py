@@ -104,7 +104,7 @@ class EventFilter:
     them, matched as the SDKs match them (a prefix segment without ``:`` also matches a
     ``name:<id>`` segment)."""
 
-    __slots__ = ("_namespaces", "channels", "depth", "namespaces")
+    __slots__ = ("_namespaces", "channels", "depth", "key", "namespaces")
 
     def __init__(
         self,
@@ -115,6 +115,8 @@ class EventFilter:
         self.channels = frozenset(channels)
         self.namespaces = [tuple(ns) for ns in namespaces] if namespaces else None
         self.depth = depth
+        # equal for filters that want the same events (they share a translation)
+        self.key = (self.channels, tuple(self.namespaces or ()), depth)
         self._namespaces: dict[Namespace, bool] = {}
 
     def wants(self, channel: str, namespace: Namespace, name: str | None = None) -> bool:
@@ -212,6 +214,7 @@ class RunTranslator:
         self._interrupted = False
         self._known: set[str] = set()  # message ids this run streamed or its state held
         self._out: list[bytes] = []
+        self.seqs: list[int] = []  # the seq of each event the last feed() returned
         self._next = 0
         self._limit = 0
         self._warned = False
@@ -232,6 +235,7 @@ class RunTranslator:
         """The encoded events of ``entries`` that the filter wants."""
         out: list[bytes] = []
         self._out = out
+        self.seqs = []
         handlers = self._handlers
         for entry in entries:
             self._next = self.base + K * (entry.seq - 1) + 1
@@ -257,6 +261,7 @@ class RunTranslator:
             return
         payload = data if isinstance(data, bytes) else orjson.dumps(data)
         self._out.append(_ENVELOPE % (seq, seq, method, namespace_json(ns), self.ts, payload))
+        self.seqs.append(seq)
 
     def _lifecycle(self, ns: Namespace, data: LifecycleData) -> None:
         self._emit(b"lifecycle", "lifecycle", ns, data)

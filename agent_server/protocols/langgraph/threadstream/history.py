@@ -37,11 +37,14 @@ import asyncio
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_server.protocols.langgraph.threadstream.events import K
 from agent_server.runs import FINISHED, RemoteRun, Run, RunManager
 from agent_server.state import AppState
+
+if TYPE_CHECKING:
+    from agent_server.protocols.langgraph.threadstream.feed import RunFeed
 
 EPOCH = 1_735_689_600.0  # 2025-01-01T00:00:00Z: the anchor of threads older than us
 
@@ -87,6 +90,11 @@ class ThreadRuns:
         # Bounded: an event whose followers left stays until its thread changes; past
         # the bound the oldest goes, and a follower still on it wakes at its next ping.
         self._changed: OrderedDict[str, asyncio.Event] = OrderedDict()
+        # lookups in flight, shared by the streams that need them at the same time
+        self._looking: dict[str, tuple[asyncio.Event, asyncio.Future[list[Slot]]]] = {}
+        self._finding: dict[str, asyncio.Future[Run | RemoteRun | None]] = {}
+        # runs being translated, for every stream that wants the same events (feed.py)
+        self.feeds: dict[tuple[Any, ...], RunFeed] = {}
         runs = state.runs
         runs.on_submit.append(self._on_submit)
         runs.on_finish.append(self._on_finish)
@@ -158,7 +166,23 @@ class ThreadRuns:
         return slot
 
     async def slots(self, thread_id: str) -> list[Slot]:
-        """The thread's runs in order, each with its base where it is known yet."""
+        """The thread's runs in order, each with its base where it is known yet. A
+        thousand streams woken by the thread's new run share one look (a lookup in the
+        broker, a query), unless the thread changed after that look began."""
+        generation = self.watch(thread_id)  # replaced at the thread's next change
+        pending = self._looking.get(thread_id)
+        if pending is None or pending[0] is not generation:
+            looking = pending = (generation, asyncio.ensure_future(self._slots(thread_id)))
+            self._looking[thread_id] = looking
+
+            def forget(_: object) -> None:
+                if self._looking.get(thread_id) is looking:
+                    del self._looking[thread_id]
+
+            looking[1].add_done_callback(forget)
+        return await asyncio.shield(pending[1])
+
+    async def _slots(self, thread_id: str) -> list[Slot]:
         ledger = self._ledger(thread_id)
         runs = self.state.runs
         for run in runs.thread_runs(thread_id):
@@ -204,8 +228,16 @@ class ThreadRuns:
         return float(record.get("created_at") or 0.0) < self.state.started_at
 
     async def find(self, slot: Slot) -> Run | RemoteRun | None:
+        """The slot's run; concurrent lookups of another worker's run share one."""
         runs = self.state.runs
-        return runs.get(slot.run_id) or await runs.find(slot.run_id)
+        run = runs.get(slot.run_id)
+        if run is not None:
+            return run
+        finding = self._finding.get(slot.run_id)
+        if finding is None:
+            finding = self._finding[slot.run_id] = asyncio.ensure_future(runs.find(slot.run_id))
+            finding.add_done_callback(lambda _: self._finding.pop(slot.run_id, None))
+        return await asyncio.shield(finding)
 
     def ended(self, thread_id: str, slot: Slot, length: int) -> None:
         """A follower saw the run's last entry (``length`` is its seq)."""

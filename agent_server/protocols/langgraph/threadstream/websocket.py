@@ -54,7 +54,7 @@ from agent_server.protocols.langgraph.threadstream.commands import (
     thread_record,
 )
 from agent_server.protocols.langgraph.threadstream.events import EventFilter
-from agent_server.protocols.langgraph.threadstream.feed import thread_events
+from agent_server.protocols.langgraph.threadstream.feed import Batch, thread_events
 from agent_server.protocols.langgraph.threadstream.history import thread_runs
 from agent_server.protocols.langgraph.threadstream.schemas import (
     Command,
@@ -67,6 +67,7 @@ from agent_server.runs import Forbidden, SubscriberTooSlow
 from agent_server.state import AppState
 from agent_server.streams import StreamError
 from agent_server.ws import TokenBucket, origin_allowed
+from agent_server.ws_protocol import SEND_SHARED, SendShared
 
 logger = logging.getLogger("agent_server.protocols.langgraph.threadstream")
 
@@ -90,10 +91,25 @@ class ThreadSocket:
         self.bucket = TokenBucket(state.settings.ws_rate_limit, state.settings.ws_rate_burst)
         self._sending = asyncio.Lock()
         self.closed = False
+        self.send_shared: SendShared | None = websocket.scope["extensions"].get(SEND_SHARED)
+
+    def take(self, batch: Batch) -> bool:
+        """A feed's batch written at once, if the socket can take it so (feed.py)."""
+        send_shared = self.send_shared
+        return (
+            send_shared is not None
+            and not self.closed
+            and not self._sending.locked()
+            and send_shared(batch.frames())
+        )
 
     async def send(self, messages: list[bytes]) -> None:
         """Each message its own text frame, back to back; a peer that does not take
-        them within the send timeout is closed (4408: it reconnects and resumes)."""
+        them within the send timeout is closed (4408: it reconnects and resumes). A
+        feed's batch goes out framed once for every socket (feed.py), when the socket
+        can take it at once."""
+        if isinstance(messages, Batch) and self.take(messages):
+            return
         async with self._sending:
             if self.closed:
                 return
@@ -205,6 +221,7 @@ class ThreadSocket:
             after,
             wanted,
             self.caller.user,
+            sink=self.take,
         )
         subscription = uuid.uuid4().hex
         task = asyncio.create_task(self.pump(events), name=f"thread-stream-{subscription}")
