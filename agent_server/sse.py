@@ -172,8 +172,14 @@ class SSEResponse(Response):
 
         async def watch_disconnect() -> None:
             nonlocal disconnected
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except asyncio.CancelledError:
+                # The response is over. Ending quietly keeps no CancelledError and its
+                # traceback (the response's frames) on the task: those are freed now,
+                # not at the next full collection.
+                return
             disconnected = True
             if streaming:
                 task.cancel()
