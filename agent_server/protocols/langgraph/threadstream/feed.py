@@ -167,6 +167,10 @@ class RunFeed:
                     if not self.readers:
                         return
             self.complete = True
+        except asyncio.CancelledError:
+            # Its last reader left (read()). Ending quietly keeps no exception, whose
+            # traceback would hold this feed's events until a full collection.
+            pass
         except Exception as exc:  # each reader raises it
             self.error = exc
         finally:
