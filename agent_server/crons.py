@@ -32,14 +32,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from croniter import CroniterError, croniter
 
-if TYPE_CHECKING:
-    from agent_server.storage import StorageRetry
+from agent_server.sql import Database, PostgresDatabase, SqliteDatabase
 
 logger = logging.getLogger("agent_server.crons")
 
@@ -211,8 +210,11 @@ class SqlCrons:
     PARAM = "?"
     JSON = "?"
 
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
     async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        raise NotImplementedError
+        return await self.database.run(sql, params)
 
     def _values(self, record: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(
@@ -280,19 +282,8 @@ class SqliteCrons(SqlCrons):
         enabled INTEGER NOT NULL, on_run_completed TEXT, created_at REAL NOT NULL,
         updated_at REAL NOT NULL, next_run_at REAL)"""
 
-    def __init__(self, conn: Any, lock: asyncio.Lock) -> None:
-        self.conn = conn
-        self.lock = lock
-
     async def setup(self) -> None:
         await self._run(self.SCHEMA)
-
-    async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async with self.lock:
-            cursor = await self.conn.execute(sql, params)
-            rows = list(await cursor.fetchall())
-            await self.conn.commit()
-            return rows
 
     async def search(
         self,
@@ -328,18 +319,6 @@ class PostgresCrons(SqlCrons):
         """CREATE INDEX IF NOT EXISTS agent_server_crons_due
         ON agent_server_crons (next_run_at) WHERE enabled""",
     )
-
-    def __init__(self, pool: Any, retry: StorageRetry) -> None:
-        self.pool = pool
-        self.retry = retry
-
-    async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async def run() -> list[Any]:
-            async with self.pool.connection() as connection:
-                cursor = await connection.execute(sql, params)
-                return [] if cursor.description is None else list(await cursor.fetchall())
-
-        return await self.retry(run)
 
     async def search(
         self,
@@ -380,9 +359,9 @@ async def open_cron_records(checkpointer: Any) -> CronRecords:
     from agent_server.storage import RetryingPostgresSaver
 
     if isinstance(checkpointer, RetryingPostgresSaver):
-        return PostgresCrons(checkpointer.conn, checkpointer.retry)
+        return PostgresCrons(PostgresDatabase(checkpointer.conn, checkpointer.retry))
     if isinstance(checkpointer, AsyncSqliteSaver):
-        crons = SqliteCrons(checkpointer.conn, checkpointer.lock)
+        crons = SqliteCrons(SqliteDatabase(checkpointer.conn, checkpointer.lock))
         await crons.setup()
         return crons
     return MemoryCrons()

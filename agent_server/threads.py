@@ -17,15 +17,13 @@ single machine it serves.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
-if TYPE_CHECKING:
-    from agent_server.storage import StorageRetry
+from agent_server.sql import Database, PostgresDatabase, SqliteDatabase
 
 SortBy = Literal["thread_id", "created_at", "updated_at"]
 SortOrder = Literal["asc", "desc"]
@@ -168,8 +166,11 @@ class SqlThreads:
     JSON = "?"  # a JSON text parameter
     MERGE = "json_patch(metadata, ?)"  # metadata merged with a JSON text parameter
 
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
     async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        raise NotImplementedError
+        return await self.database.run(sql, params)
 
     def _sql(self, sql: str) -> str:
         return sql.replace("{p}", self.PARAM).replace("{json}", self.JSON)
@@ -220,19 +221,8 @@ class SqliteThreads(SqlThreads):
         thread_id TEXT PRIMARY KEY, owner TEXT, metadata TEXT NOT NULL, graph TEXT,
         created_at REAL NOT NULL, updated_at REAL NOT NULL)"""
 
-    def __init__(self, conn: Any, lock: asyncio.Lock) -> None:
-        self.conn = conn
-        self.lock = lock
-
     async def setup(self) -> None:
         await self._run(self.SCHEMA)
-
-    async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async with self.lock:
-            cursor = await self.conn.execute(sql, params)
-            rows = list(await cursor.fetchall())
-            await self.conn.commit()
-            return rows
 
     async def search(
         self,
@@ -268,20 +258,6 @@ class PostgresThreads(SqlThreads):
         """CREATE INDEX IF NOT EXISTS agent_server_threads_metadata
         ON agent_server_threads USING GIN (metadata)""",
     )
-
-    def __init__(self, pool: Any, retry: StorageRetry) -> None:
-        self.pool = pool
-        self.retry = retry
-
-    async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async def run() -> list[Any]:
-            async with self.pool.connection() as connection:
-                cursor = await connection.execute(sql, params)
-                if cursor.description is None:
-                    return []
-                return list(await cursor.fetchall())
-
-        return await self.retry(run)
 
     async def search(
         self,
@@ -323,9 +299,9 @@ async def open_thread_records(checkpointer: Any) -> ThreadRecords:
     from agent_server.storage import RetryingPostgresSaver
 
     if isinstance(checkpointer, RetryingPostgresSaver):
-        return PostgresThreads(checkpointer.conn, checkpointer.retry)
+        return PostgresThreads(PostgresDatabase(checkpointer.conn, checkpointer.retry))
     if isinstance(checkpointer, AsyncSqliteSaver):
-        threads = SqliteThreads(checkpointer.conn, checkpointer.lock)
+        threads = SqliteThreads(SqliteDatabase(checkpointer.conn, checkpointer.lock))
         await threads.setup()
         return threads
     return MemoryThreads()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,28 +28,17 @@ from langgraph_sdk.errors import (
 
 from agent_server.app import create_app
 from agent_server.crons import PostgresCrons, fire_due, next_run
+from agent_server.sql import PostgresDatabase
 from tests.conftest import test_settings
 from tests.live import live_server
 from tests.services import postgres_schema
-from tests.test_langgraph_api import GRAPHS, UPSTREAM, human, ours
+from tests.test_langgraph_api import GRAPHS, human, langgraph_url, ours
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    if UPSTREAM is not None:
-        yield UPSTREAM
-        return
-    with live_server(create_app(test_settings(graphs=GRAPHS))) as base:
-        yield f"{base}/langgraph"
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Any]:
-    client = get_client(url=url, api_key=None)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+    with langgraph_url(GRAPHS) as found:
+        yield found
 
 
 def when(text: str) -> datetime:
@@ -251,7 +240,7 @@ async def test_two_workers_claiming_one_due_time_fire_once() -> None:
         )
         await pool.open()
         try:
-            crons = PostgresCrons(pool, StorageRetry(pool, 5))
+            crons = PostgresCrons(PostgresDatabase(pool, StorageRetry(pool, 5)))
             async with pool.connection() as connection:
                 for statement in PostgresCrons.SCHEMA:
                     await connection.execute(statement)
