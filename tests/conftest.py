@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langgraph_sdk import get_client
 
 from agent_server.app import create_app
 from agent_server.settings import Settings
@@ -46,3 +48,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     fuzzing = sys.modules.get("tests.fuzzing")
     if fuzzing is not None and fuzzing.REPORT.sent:
         terminalreporter.write_line(fuzzing.REPORT.line())
+
+
+@pytest.fixture
+async def client(url: str) -> AsyncIterator[Any]:
+    """langgraph-sdk's async client on a module's ``url`` (the LangGraph API it tests)."""
+    client = get_client(url=url, api_key=None)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -5,34 +5,18 @@ run outlives the worker that accepted it is tested in tests/test_crons_workers.p
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from langgraph_sdk import get_client
 
-from agent_server.app import create_app
-from tests.conftest import test_settings
-from tests.live import live_server
-from tests.test_langgraph_api import GRAPHS, UPSTREAM, human
+from tests.test_langgraph_api import GRAPHS, human, langgraph_url
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    if UPSTREAM is not None:
-        yield UPSTREAM
-        return
-    with live_server(create_app(test_settings(graphs=GRAPHS))) as base:
-        yield f"{base}/langgraph"
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Any]:
-    client = get_client(url=url, api_key=None)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+    with langgraph_url(GRAPHS) as found:
+        yield found
 
 
 async def test_a_delayed_run_is_pending_until_its_time(client: Any) -> None:

@@ -5,36 +5,24 @@ tests marked ``ours``."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from langgraph_sdk import get_client, get_sync_client
+from langgraph_sdk import get_sync_client
 from langgraph_sdk.errors import ConflictError, NotFoundError
 
 from agent_server.app import create_app
 from tests.conftest import test_settings
 from tests.live import live_server
-from tests.test_langgraph_api import GRAPHS, UPSTREAM, human, ours
+from tests.test_langgraph_api import GRAPHS, human, langgraph_url, ours
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    if UPSTREAM is not None:
-        yield UPSTREAM
-        return
-    with live_server(create_app(test_settings(graphs=GRAPHS))) as base:
-        yield f"{base}/langgraph"
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Any]:
-    client = get_client(url=url, api_key=None)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+    with langgraph_url(GRAPHS) as found:
+        yield found
 
 
 async def test_create_update_versions_latest_delete(client: Any) -> None:

@@ -16,12 +16,13 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import httpx_sse
 import pytest
-from langgraph_sdk import get_client, get_sync_client
+from langgraph_sdk import get_sync_client
 from langgraph_sdk.errors import ConflictError, NotFoundError, PermissionDeniedError
 
 from agent_server.app import create_app
@@ -40,6 +41,17 @@ GRAPHS = {
 }
 
 
+@contextmanager
+def langgraph_url(graphs: dict[str, str]) -> Iterator[str]:
+    """The LangGraph API of a live server on ``graphs``, or LangGraph's own server's when
+    ``LANGGRAPH_API_URL`` names one."""
+    if UPSTREAM is not None:
+        yield UPSTREAM
+        return
+    with live_server(create_app(test_settings(graphs=graphs))) as base:
+        yield f"{base}/langgraph"
+
+
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
     """The server's root URL (the native routes live here on agent-server)."""
@@ -54,15 +66,6 @@ def base() -> Iterator[str]:
 def url(base: str) -> str:
     """Where a LangGraph client points."""
     return base if UPSTREAM is not None else f"{base}/langgraph"
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Any]:
-    client = get_client(url=url, api_key=None)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def human(text: str) -> dict[str, Any]:

@@ -13,38 +13,26 @@ import asyncio
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from langgraph_sdk import get_client, get_sync_client
+from langgraph_sdk import get_sync_client
 
 from agent_server.app import create_app
 from tests.conftest import test_settings
 from tests.live import live_server
 from tests.test_js_clients import JS, node
-from tests.test_langgraph_api import GRAPHS, UPSTREAM, human, ours
+from tests.test_langgraph_api import GRAPHS, human, langgraph_url, ours
 
 STORE_GRAPHS = {**GRAPHS, "memory": "tests.store_graphs:memory"}
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    if UPSTREAM is not None:
-        yield UPSTREAM
-        return
-    with live_server(create_app(test_settings(graphs=STORE_GRAPHS))) as base:
-        yield f"{base}/langgraph"
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Any]:
-    client = get_client(url=url, api_key=None)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+    with langgraph_url(STORE_GRAPHS) as found:
+        yield found
 
 
 def fresh() -> str:

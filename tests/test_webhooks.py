@@ -13,7 +13,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,7 +26,7 @@ from agent_server.webhooks import WebhookPolicy, WebhookRefused, Webhooks, check
 from tests.conftest import test_settings
 from tests.live import live_server
 from tests.test_brokers import closed_port
-from tests.test_langgraph_api import GRAPHS, UPSTREAM, human, ours
+from tests.test_langgraph_api import GRAPHS, human, langgraph_url, ours
 
 WEBHOOK_GRAPHS = {**GRAPHS, "failing": "tests.sample_graphs:failing"}
 
@@ -88,11 +88,8 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    if UPSTREAM is not None:
-        yield UPSTREAM
-        return
-    with live_server(create_app(test_settings(graphs=WEBHOOK_GRAPHS))) as base:
-        yield f"{base}/langgraph"
+    with langgraph_url(WEBHOOK_GRAPHS) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +98,6 @@ def private_url() -> Iterator[str]:
     settings = test_settings(graphs=WEBHOOK_GRAPHS, webhook_allow_private=True)
     with live_server(create_app(settings)) as base:
         yield f"{base}/langgraph"
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Any]:
-    client = get_client(url=url, api_key=None)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_unsafe_webhooks_are_refused(client: Any) -> None:
