@@ -554,6 +554,15 @@ def close_all(sessions: dict[str, Session]) -> None:
             session.connection.spawn(session.close_now(*session.closing), "ws-shutdown")
 
 
+async def receive_message(websocket: WebSocket) -> str | bytes | None:
+    """The client's next message, text or bytes; None once the socket is gone."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    text: str | None = message.get("text")
+    return text if text is not None else message.get("bytes") or b""
+
+
 def origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
     """A browser's WebSocket from a page on another origin is refused unless listed (a
     WebSocket is not covered by CORS: the server must check ``Origin`` itself)."""
@@ -642,12 +651,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await session.open()
     try:
         while session.closing is None:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            raw: str | bytes | None = message.get("text")
+            raw = await receive_message(websocket)
             if raw is None:
-                raw = message.get("bytes") or b""
+                break
             await session.receive(raw)
     finally:
         await session.end()

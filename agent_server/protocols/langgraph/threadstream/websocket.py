@@ -66,7 +66,7 @@ from agent_server.protocols.langgraph.threadstream.sse import resume_after
 from agent_server.runs import Forbidden, SubscriberTooSlow
 from agent_server.state import AppState
 from agent_server.streams import StreamError
-from agent_server.ws import TokenBucket, origin_allowed
+from agent_server.ws import TokenBucket, origin_allowed, receive_message
 from agent_server.ws_protocol import SEND_SHARED, SendShared
 
 logger = logging.getLogger("agent_server.protocols.langgraph.threadstream")
@@ -288,12 +288,9 @@ async def thread_socket(websocket: WebSocket) -> None:
     socket = ThreadSocket(state, websocket, caller)
     try:
         while not socket.closed:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            raw: str | bytes | None = message.get("text")
+            raw = await receive_message(websocket)
             if raw is None:
-                raw = message.get("bytes") or b""
+                break
             await socket.receive(raw)
     finally:
         socket.end()
