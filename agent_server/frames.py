@@ -227,19 +227,48 @@ class Encoded:
     """A frame with its encoding: seq, type and the bytes every transport sends, and the
     model when there is one. The token path (tokens, LangGraph parts) encodes straight
     from its fields (:func:`encode_token`, :func:`encode_part`), building no model: a
-    consumer that wants one (``frame``) gets it parsed from the bytes."""
+    consumer that wants one (``frame``) gets it parsed from the bytes.
 
-    __slots__ = ("_frame", "data", "seq", "type")
+    ``part``: for a token of a LangGraph API run, the ``messages`` part of the same chunk
+    (an SSE event whose id is this seq). One log entry then serves both kinds of client,
+    instead of a token entry and a part entry per chunk: the LangGraph API's stream costs
+    a part's bytes more than the native one, not a second entry's round through the log,
+    its followers and its compaction (see docs/performance.md)."""
 
-    def __init__(self, seq: int, type: str, data: bytes, frame: BaseFrame | None = None):
+    __slots__ = ("_frame", "data", "part", "seq", "type")
+
+    def __init__(
+        self,
+        seq: int,
+        type: str,
+        data: bytes,
+        frame: BaseFrame | None = None,
+        part: bytes | None = None,
+    ):
         self.seq = seq
         self.type = type
         self.data = data
         self._frame = frame
+        self.part = part
 
     @classmethod
     def of(cls, frame: BaseFrame) -> Encoded:
         return cls(frame.seq, frame.type, encode(frame), frame)
+
+    @property
+    def wire(self) -> bytes:
+        """The entry as one byte string, for a broker or a compact log (:meth:`unwire`
+        reads it back): a token's part follows its JSON after a newline, which JSON
+        from :func:`dumps` never holds."""
+        return self.data if self.part is None else self.data + b"\n" + self.part
+
+    @classmethod
+    def unwire(cls, seq: int, type: str, raw: bytes) -> Encoded:
+        if type == "token":
+            cut = raw.find(b"\n")
+            if cut >= 0:
+                return cls(seq, type, raw[:cut], part=raw[cut + 1 :])
+        return cls(seq, type, raw)
 
     @property
     def frame(self) -> BaseFrame:
@@ -250,7 +279,9 @@ class Encoded:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Encoded):
             return NotImplemented
-        return (self.seq, self.type, self.data) == (other.seq, other.type, other.data)
+        return (self.seq, self.type, self.data, self.part) == (
+            other.seq, other.type, other.data, other.part,
+        )  # fmt: skip
 
     def __hash__(self) -> int:
         return hash((self.seq, self.data))
@@ -273,12 +304,67 @@ def encode_token(
     namespace: list[str],
 ) -> Encoded:
     """A :class:`Token`, encoded as :func:`encode` would encode the model (byte for byte:
-    tests/test_frames.py), without building it: about 1 µs instead of 4 a token."""
+    tests/test_frames.py), without building it: about 1 µs instead of 4 a token.
+
+    Its fields are JSON's own types, so orjson needs no options: ``OPT_NON_STR_KEYS``
+    (which :func:`dumps` passes) costs a third of the time, for the same bytes. A node
+    name from odd metadata that is not takes :func:`dumps`' way."""
     fields = {
         "type": "token", "run_id": run_id, "seq": seq, "ts": ts, "content": content,
         "message_id": message_id, "node": node, "namespace": namespace,
     }  # fmt: skip
-    return Encoded(seq, "token", bytes(memoryview(dumps(fields))))
+    try:
+        data = orjson.dumps(fields)
+    except TypeError:
+        data = dumps(fields)
+    return Encoded(seq, "token", bytes(memoryview(data)))
+
+
+class LazyToken(Encoded):
+    """A :class:`Token` of a LangGraph API run, encoded on first read of ``data``.
+
+    Such a run's clients read the token's ``part`` (:attr:`Encoded.part`), not its frame;
+    the frame is there for native watchers and late joiners, and is otherwise encoded
+    only when the finished log is compacted, off the stream's path. The fields are taken
+    when the token is made (``ts`` included), so the bytes are what :func:`encode_token`
+    would have made then."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(
+        self,
+        run_id: str,
+        seq: int,
+        ts: int,
+        content: str,
+        message_id: str | None,
+        node: str | None,
+        namespace: list[str],
+    ) -> None:
+        self.seq = seq
+        self.type = "token"
+        self._frame = None
+        self.part = None
+        self._fields: tuple[Any, ...] | None = (run_id, ts, content, message_id, node, namespace)
+
+    @property
+    def data(self) -> bytes:
+        fields = self._fields
+        if fields is not None:
+            run_id, ts, content, message_id, node, namespace = fields
+            token = encode_token(run_id, self.seq, ts, content, message_id, node, namespace)
+            _DATA.__set__(self, token.data)
+            self._fields = None
+        data: bytes = _DATA.__get__(self, Encoded)
+        return data
+
+    @data.setter
+    def data(self, value: bytes) -> None:
+        _DATA.__set__(self, value)
+        self._fields = None
+
+
+_DATA = Encoded.__dict__["data"]  # the slot LazyToken fills on first read
 
 
 def encode_part(seq: int, event: str, data: bytes) -> Encoded:

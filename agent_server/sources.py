@@ -52,7 +52,7 @@ from langchain_core.messages import AIMessageChunk
 from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
 
-from agent_server.frames import Emitted
+from agent_server.frames import Emitted, Encoded
 from agent_server.protocols.langgraph.parts import PartTranslator
 from agent_server.translate import NOSTREAM_TAG, STREAM_MODE, EventTranslator, namespace_of
 
@@ -157,11 +157,15 @@ class FrameCallbacks(BaseCallbackHandler):
         if model is None and run_id not in self._quiet:
             return  # a completion model (not a chat model): no frames
         message = chunk.message if chunk is not None else AIMessageChunk(content=token)
-        if model is not None:
-            for frame in self.translator.model_token(message, *model):
-                self.emit(frame)
+        frames = self.translator.model_token(message, *model) if model is not None else []
         if self.parts is not None and self.parts.wants_messages:
-            self._emit(self.parts.model_chunk(run_id, message))
+            # The chunk's part rides on its token frame, so it is built before the frame
+            # is emitted; what does not ride (no token: a tool call chunk) follows it.
+            extra = self.parts.model_chunk(run_id, message, token_of(frames))
+            self._emit(frames)
+            self._emit(extra)
+        else:
+            self._emit(frames)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         if self._elsewhere(self._model_end, response, run_id):
@@ -331,10 +335,21 @@ async def drive_events(
                 emit(frame)
         return
     async for event in events:
-        for frame in translator.translate(event):
+        frames = translator.translate(event)
+        extra = parts.translate(event, token_of(frames))  # before the token is emitted
+        for frame in frames:
             emit(frame)
-        for frame in parts.translate(event):
+        for frame in extra:
             emit(frame)
+
+
+def token_of(frames: list[Emitted]) -> Encoded | None:
+    """The token frame among one chunk's frames, which its LangGraph part rides on."""
+    if len(frames) == 1:
+        frame = frames[0]
+        if isinstance(frame, Encoded) and frame.type == "token":
+            return frame
+    return None
 
 
 DRIVERS = {"callbacks": drive_callbacks, "events": drive_events}

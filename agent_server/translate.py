@@ -44,6 +44,7 @@ from agent_server.frames import (
     Custom,
     Emitted,
     Interrupt,
+    LazyToken,
     Token,
     ToolEnd,
     ToolError,
@@ -141,9 +142,14 @@ def error_text(error: Any) -> str:
 class EventTranslator:
     """Turns one run's events into frames; also gathers usage and interrupts."""
 
-    def __init__(self, make: FrameFactory, *, resumable: bool = True) -> None:
+    def __init__(
+        self, make: FrameFactory, *, resumable: bool = True, lazy_tokens: bool = False
+    ) -> None:
         self.make = make
         self.resumable = resumable
+        # Token frames encoded on first read (frames.LazyToken): a LangGraph API run's
+        # clients read the parts that ride on them instead.
+        self._token = LazyToken if lazy_tokens else encode_token
         self.tool_call_ids = ToolCallIds()
         self.usage = Usage()
         self.interrupted = False
@@ -227,7 +233,7 @@ class EventTranslator:
                 self._seen_messages.add(message_id)
         make = self.make
         make.seq += 1
-        return [encode_token(make.run_id, make.seq, now_ms(), text, message_id, node, namespace)]
+        return [self._token(make.run_id, make.seq, now_ms(), text, message_id, node, namespace)]
 
     def model_end(self, output: Any) -> list[Emitted]:
         """A chat model's whole answer: its usage counts."""

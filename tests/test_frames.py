@@ -21,9 +21,11 @@ from agent_server.frames import (
     BaseFrame,
     Custom,
     Done,
+    Encoded,
     Error,
     Frame,
     Interrupt,
+    LazyToken,
     Part,
     RunStart,
     Token,
@@ -312,3 +314,35 @@ def test_the_token_path_encodes_as_the_model_does(fields: dict[str, Any]) -> Non
 def test_the_part_path_encodes_as_the_model_does() -> None:
     part = Part(run_id="r", seq=3, ts=1, event="messages|sub:1", data=b'[{"a":1},{}]')
     assert encode_part(3, "messages|sub:1", b'[{"a":1},{}]').data == encode(part)
+
+
+def test_a_tokens_part_travels_with_it_as_one_string() -> None:
+    """A LangGraph API run's token carries its chunk's part (one log entry for both):
+    a broker and a compact log keep the pair as one string and read it back."""
+    token = encode_token("r", 4, 5, "hi\nthere", "m1", "agent", [])
+    assert token.wire == token.data and Encoded.unwire(4, "token", token.wire) == token
+    token.part = b'event: messages\ndata: [{"content":"hi\\nthere"},{}]\nid: 4\n\n'
+    back = Encoded.unwire(4, "token", token.wire)
+    assert back == token and back.data == token.data and back.part == token.part
+    part = encode_part(5, "values", b"{}")  # its bytes hold newlines: never split
+    assert Encoded.unwire(5, "part", part.wire) == part
+
+
+def test_a_lazy_token_encodes_when_read_as_the_token_path_does() -> None:
+    fields = ("r", 9, 1795764297722, " word", "m1", "agent", ["sub"])
+    lazy = LazyToken(*fields)
+    assert lazy.seq == 9 and lazy.type == "token" and lazy.part is None
+    assert lazy.data == encode_token(*fields).data and lazy == encode_token(*fields)
+    assert lazy.frame == Token(run_id="r", seq=9, ts=1795764297722, content=" word",
+                               message_id="m1", node="agent", namespace=["sub"])  # fmt: skip
+    lazy.part = b"event: messages\ndata: []\nid: 9\n\n"
+    assert Encoded.unwire(9, "token", lazy.wire) == lazy
+
+
+def test_the_token_path_takes_a_node_name_json_does_not() -> None:
+    class Odd:
+        def __str__(self) -> str:
+            return "odd"
+
+    token = encode_token("r", 1, 2, "x", None, Odd(), [])  # type: ignore[arg-type]
+    assert orjson.loads(token.data)["content"] == "x"

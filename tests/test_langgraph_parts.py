@@ -10,14 +10,15 @@ from typing import Any
 
 import orjson
 import pytest
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_stream_writer
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
+from pydantic import BaseModel
 
 from agent_server.chat_model import ScriptedChatModel
-from agent_server.protocols.langgraph.parts import PartOptions, PartTranslator, dumps_part
+from agent_server.protocols.langgraph.parts import Meta, PartOptions, PartTranslator, dumps_part
 from agent_server.tools import ToolRegistry
 from agent_server.translate import STREAM_MODE, FrameFactory
 from graphs.agent import make_graph
@@ -175,3 +176,31 @@ def test_a_part_is_encoded_as_its_sse_event() -> None:
     translator = PartTranslator(FrameFactory("run", start_seq=6), PartOptions(("custom",)))
     part = translator._part("custom", ("sub:1",), {"n": 1})
     assert part.data == b'event: custom|sub:1\ndata: {"n":1}\nid: 7\n\n' and part.seq == 7
+
+
+class Citation(BaseModel):
+    url: str
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        AIMessageChunk(content="a token", id="m1"),
+        AIMessageChunk(
+            content="",
+            id="m1",
+            tool_call_chunks=[{"name": "calc", "args": '{"x"', "id": "c1", "index": 0}],
+        ),
+        AIMessageChunk(content="cited", id="m1", additional_kwargs={"cite": Citation(url="u")}),
+        AIMessageChunk(content="odd keys", id="m1", response_metadata={1: "one"}),
+        AIMessage(content=[{"type": "text", "text": "blocks"}], id="m2"),
+    ],
+    ids=["plain", "tool-call-chunk", "model-inside", "int-key", "whole-message"],
+)
+def test_a_messages_part_is_its_messages_full_serialisation(message: AIMessage) -> None:
+    """The token path serialises a message without orjson's options when it can; the
+    bytes are those of the general path, whatever the message holds."""
+    meta = Meta({"langgraph_node": "agent", "tags": []})
+    body = dumps_part(message.__dict__)
+    expected = b"event: messages\ndata: [%b,%b]\nid: 12\n\n" % (body, meta.json)
+    assert meta.part(message, 12) == expected

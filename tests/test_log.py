@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent_server.frames import Done, Part, RunStart, Token, encode
+from agent_server.frames import Done, LazyToken, Part, RunStart, Token, encode, encode_token
 from agent_server.runs.log import CHUNK, Log, LogEntry
 
 
@@ -54,3 +54,21 @@ def test_a_compact_log_takes_nothing_more() -> None:
     log.compact()
     with pytest.raises(AssertionError):
         log.append(LogEntry.of(Done(run_id="r", seq=6, ts=1, duration_ms=1)))
+
+
+def test_a_compact_log_keeps_the_parts_that_ride_on_tokens() -> None:
+    """A LangGraph API run's tokens carry their parts, and are encoded lazily: compacted,
+    each reads back as the same frame with the same part."""
+    log = Log()
+    entries: list[LogEntry] = []
+    for seq in range(1, CHUNK + 10):
+        token = (LazyToken if seq % 2 else encode_token)("r", seq, seq, f" w{seq}", "m", "n", [])
+        if seq % 3:
+            token.part = b'event: messages\ndata: [{"content":" w%d"},{}]\nid: %d\n\n' % (seq, seq)
+        entries.append(token)
+        log.append(token)
+    log.compact()
+    assert list(log) == entries
+    assert [e.part for e in log] == [e.part for e in entries]
+    assert all(e.data == encode_token("r", e.seq, e.seq, f" w{e.seq}", "m", "n", []).data
+               for e in log)  # fmt: skip

@@ -364,6 +364,15 @@ def test_langgraph_clients_see_one_deployment(workers: tuple[str, str]) -> None:
     )
     parts = list(b.runs.join_stream(thread["thread_id"], run["run_id"], last_event_id="-1"))
     assert parts[0].event == "metadata"
+    # A token's part rides on its frame's log entry (frames.Encoded.part), through Redis
+    # too: B's stream is A's, part for part and id for id.
+    assert parts == list(a.runs.join_stream(thread["thread_id"], run["run_id"], last_event_id="-1"))
+    streamed = "".join(
+        p.data[0]["content"]
+        for p in parts
+        if p.event == "messages" and p.data[0]["type"] == "AIMessageChunk"
+    )
+    assert "The calculator tool returned 42." in streamed
     tool_results = [
         p.data[0]["content"] for p in parts if p.event == "messages" and p.data[0]["type"] == "tool"
     ]

@@ -225,6 +225,9 @@ async def execute(case: Case, source: EventSource, streamed_ids: set[int]) -> Re
         for item in run.log:
             recorded.frames.append(as_json(item.data))
             recorded.streamed.append(id(item) in streamed_ids or id(item._frame) in streamed_ids)
+            if item.part is not None:  # a token's LangGraph part, compared as an entry
+                recorded.frames.append(as_json(item.part))
+                recorded.streamed.append(False)
     return recorded
 
 

@@ -5,21 +5,26 @@ Compact logs. While a run is live its log holds each frame twice over: the model
 the run's own code and in-process consumers read) and its encoded bytes (what every
 transport sends). A finished log only serves late joiners and resumes, which need the
 bytes, seekable by seq: :meth:`Log.compact` drops the models and packs the bytes into
-zlib-compressed chunks of :data:`CHUNK` frames, with their lengths and types beside. A
+zstd-compressed chunks of :data:`CHUNK` frames, with their lengths and types beside. A
 finished 3,000-token run then keeps about 0.1 MiB instead of 6 (token frames repeat
-their run id, message id and node: they compress about eight to one). Reading a
-compact log decompresses the chunks a batch spans (about 50 µs a chunk); an entry read
+their run id, message id and node: they compress about forty to one). Reading a
+compact log decompresses the chunks a batch spans (about 40 µs a chunk); an entry read
 from it parses its model again only if a consumer asks for ``frame``.
+
+zstd (level 1) rather than zlib: on a LangGraph API run's log (2.5 MB: every token's
+part repeats its model call's metadata) it packs in 1.5 ms instead of 6.2, to 33 KB
+instead of 70, and reads back twice as fast (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import overload
+
+import zstandard
 
 from agent_server.frames import TERMINAL_TYPES, Encoded
 
@@ -48,9 +53,13 @@ RemoteEntry = LogEntry
 class _Chunk:
     __slots__ = ("data", "lengths", "types")
 
-    def __init__(self, entries: Sequence[LogEntry]) -> None:
-        self.data = zlib.compress(b"".join(e.data for e in entries), 1)
-        self.lengths = array("I", (len(e.data) for e in entries))
+    def __init__(self, entries: Sequence[LogEntry], compressor: zstandard.ZstdCompressor) -> None:
+        wires = [e.wire for e in entries]
+        # An exact-size copy: zstd writes into a buffer of the input's bound and shrinks
+        # it in place, which strands the rest (measured: 9.7 MiB of RSS held by 1.3 MiB
+        # of chunks, 1.7 MiB with the copy).
+        self.data = bytes(memoryview(compressor.compress(b"".join(wires))))
+        self.lengths = array("I", map(len, wires))
         self.types = bytes(CODES[e.type] for e in entries)
 
     @property
@@ -58,12 +67,14 @@ class _Chunk:
         return len(self.data) + self.lengths.itemsize * len(self.lengths) + len(self.types) + 200
 
     def entries(self, first_seq: int) -> list[LogEntry]:
-        raw = zlib.decompress(self.data)
+        raw = zstandard.decompress(self.data)
         found = []
         offset = 0
         for index, length in enumerate(self.lengths):
             found.append(
-                LogEntry(first_seq + index, TYPES[self.types[index]], raw[offset : offset + length])
+                LogEntry.unwire(
+                    first_seq + index, TYPES[self.types[index]], raw[offset : offset + length]
+                )
             )
             offset += length
         return found
@@ -73,18 +84,25 @@ class Log(Sequence[LogEntry]):
     """A run's frames by seq (seq ``n`` at index ``n - 1``): a list while the run is live,
     compressed chunks once it has finished and :meth:`compact` was called."""
 
-    __slots__ = ("_chunks", "_count", "_entries", "nbytes")
+    __slots__ = ("_chunks", "_count", "_entries", "_packed")
 
     def __init__(self) -> None:
         self._entries: list[LogEntry] | None = []
         self._chunks: list[_Chunk] = []
         self._count = 0
-        self.nbytes = 0  # the encoded frames (compressed, once compact)
+        self._packed = 0
 
     def append(self, entry: LogEntry) -> None:
         assert self._entries is not None, "a compact log is final"
         self._entries.append(entry)
-        self.nbytes += len(entry.data)
+
+    @property
+    def nbytes(self) -> int:
+        """The encoded frames' size: compressed once compact (what retention counts);
+        counted on demand while live, which encodes a lazy token (frames.LazyToken)."""
+        if self._entries is None:
+            return self._packed
+        return sum(len(e.wire) for e in self._entries)
 
     @property
     def compacted(self) -> bool:
@@ -97,9 +115,10 @@ class Log(Sequence[LogEntry]):
 
     def pack(self) -> list[_Chunk]:
         """The compressed chunks of the log as it stands; it touches nothing, so it may run
-        on another thread (zlib releases the GIL) while the log is read here."""
+        on another thread (zstd releases the GIL) while the log is read here."""
         entries = list(self._entries or ())
-        return [_Chunk(entries[i : i + CHUNK]) for i in range(0, len(entries), CHUNK)]
+        compressor = zstandard.ZstdCompressor(level=1)  # one per call: not thread-safe
+        return [_Chunk(entries[i : i + CHUNK], compressor) for i in range(0, len(entries), CHUNK)]
 
     def install(self, chunks: list[_Chunk]) -> None:
         """Swap the live entries for ``chunks`` (made by :meth:`pack` of this log)."""
@@ -108,7 +127,7 @@ class Log(Sequence[LogEntry]):
         self._count = len(self._entries)
         self._chunks = chunks
         self._entries = None
-        self.nbytes = sum(chunk.nbytes for chunk in chunks)
+        self._packed = sum(chunk.nbytes for chunk in chunks)
 
     def __len__(self) -> int:
         return self._count if self._entries is None else len(self._entries)

@@ -410,7 +410,7 @@ class RunManager:
         # Again after an outage: rooms on other workers may have missed it.
         await broker.announce(run.run_id, run.thread_id, self.worker)
         async for batch in run.follow(published, parts=True, unshared=True):
-            await broker.publish(run.run_id, [(e.seq, e.type, e.data) for e in batch])
+            await broker.publish(run.run_id, [(e.seq, e.type, e.wire) for e in batch])
             run.share(batch[-1].seq)
             await broker.put_record(run.run_id, published_record(run, batch[-1].seq))
         await run.wait()

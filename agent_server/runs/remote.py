@@ -275,7 +275,7 @@ class Mirror:
                     # Short reads, so that a lost worker is noticed within seconds.
                     found = await run.broker.read(run.run_id, len(self.entries), 2.0)
                     if found:
-                        self.entries.extend(RemoteEntry(*entry) for entry in found)
+                        self.entries.extend(RemoteEntry.unwire(*entry) for entry in found)
                         self._wake()
                         if self.entries[-1].type in TERMINAL_TYPES:
                             return

@@ -214,7 +214,9 @@ class Run:
                 return
         make = self.make
         graph = self.graph.graph
-        translator = EventTranslator(make, resumable=graph.checkpointer is not None)
+        translator = EventTranslator(
+            make, resumable=graph.checkpointer is not None, lazy_tokens=self.parts is not None
+        )
         self.translator = translator
         config: RunnableConfig = {**self.config}
         configurable = dict(config.get("configurable") or {})

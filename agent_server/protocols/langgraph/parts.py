@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
 from langchain_core.runnables.schema import StreamEvent
 from langgraph.types import Command
@@ -129,19 +130,38 @@ DROPPED_METADATA = frozenset({"checkpoint_ns", "lc_versions", "owner"})
 class Meta:
     """One model call's (or node's) metadata, serialised once for all its parts."""
 
-    __slots__ = ("_json", "data", "event", "ns")
+    __slots__ = ("_head", "_json", "_tail", "data", "event", "ns")
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
         self.ns = namespace(data)
         self.event = ("messages|" + "|".join(self.ns) if self.ns else "messages").encode()
         self._json: bytes | None = None
+        self._head = b"event: %b\ndata: [" % self.event
+        self._tail: bytes | None = None
 
     @property
     def json(self) -> bytes:
         if self._json is None:
             self._json = dumps_part(self.data)
         return self._json
+
+    def part(self, message: BaseMessage, seq: int) -> bytes:
+        """The ``messages`` part of one message: its fields serialised directly (pydantic
+        keeps exactly them in ``__dict__``).
+
+        A streamed chunk holds only JSON's own types: orjson without options or a
+        default serialises it in 0.6 µs instead of 0.95 (``OPT_NON_STR_KEYS`` alone costs
+        the difference), to the same bytes; anything else (a model, a non-string key)
+        raises, and takes the general path."""
+        fields = message.__dict__
+        try:
+            body = orjson.dumps(fields)
+        except TypeError:
+            body = dumps(fields, default=_default)
+        if self._tail is None:
+            self._tail = b",%b]\nid: " % self.json
+        return b"".join((self._head, body, self._tail, b"%d\n\n" % seq))
 
 
 class PartTranslator:
@@ -162,8 +182,9 @@ class PartTranslator:
         self._seen: set[str] = set()
         self._partial: dict[str, BaseMessageChunk] = {}
 
-    def translate(self, event: StreamEvent) -> list[Emitted]:
-        """The parts of one ``astream_events`` v2 event (the oracle source)."""
+    def translate(self, event: StreamEvent, token: Encoded | None = None) -> list[Emitted]:
+        """The parts of one ``astream_events`` v2 event (the oracle source); ``token``:
+        the native token frame of the same event, which carries the chunk's part."""
         parts: list[Emitted] = []
         kind = event["event"]
         if self.events:
@@ -176,7 +197,7 @@ class PartTranslator:
         elif self._messages:
             run_id = event["run_id"]
             if kind == "on_chat_model_stream":
-                parts.extend(self.model_chunk(run_id, event["data"].get("chunk")))
+                parts.extend(self.model_chunk(run_id, event["data"].get("chunk"), token))
             elif kind == "on_chat_model_start":
                 self.model_start(run_id, event.get("tags") or [], event.get("metadata"))
             elif kind == "on_chat_model_end":
@@ -208,11 +229,16 @@ class PartTranslator:
             meta["tags"] = [tag for tag in tags if not tag.startswith(("seq:step", "graph:step"))]
             self._meta[run_id] = Meta(meta)
 
-    def model_chunk(self, run_id: Hashable, chunk: Any) -> list[Emitted]:
+    def model_chunk(
+        self, run_id: Hashable, chunk: Any, token: Encoded | None = None
+    ) -> list[Emitted]:
+        """A streamed chunk's parts. With ``token`` (the chunk's native frame, not yet
+        in the log), its ``messages`` part rides on that frame (:attr:`Encoded.part`)
+        instead of an entry of its own."""
         meta = self._meta.get(run_id)
         if meta is None or not isinstance(chunk, BaseMessage):
             return []
-        return self._emit(meta, chunk)
+        return self._emit(meta, chunk, token=token)
 
     def model_end(self, run_id: Hashable, output: Any) -> list[Emitted]:
         meta = self._meta.pop(run_id, None)
@@ -269,7 +295,14 @@ class PartTranslator:
             return None
         return {k: v for k, v in metadata.items() if k not in DROPPED_METADATA}
 
-    def _emit(self, meta: Meta, message: BaseMessage, *, dedupe: bool = False) -> list[Emitted]:
+    def _emit(
+        self,
+        meta: Meta,
+        message: BaseMessage,
+        *,
+        dedupe: bool = False,
+        token: Encoded | None = None,
+    ) -> list[Emitted]:
         if message.id is None:
             # As LangGraph does: the id is set on the node's own message object before
             # its reducer sees it, so the part and the state name it alike.
@@ -279,18 +312,11 @@ class PartTranslator:
         self._seen.add(message.id)
         parts: list[Emitted] = []
         if self.tuples:
-            # The token path: the message's fields serialised directly (pydantic keeps
-            # exactly them in ``__dict__``), the event formatted in one step.
-            self.make.seq += 1
-            body = dumps(message.__dict__, default=_default)
-            parts.append(
-                Encoded(
-                    self.make.seq,
-                    "part",
-                    b"event: %b\ndata: [%b,%b]\nid: %d\n\n"
-                    % (meta.event, body, meta.json, self.make.seq),
-                )
-            )
+            if token is not None:
+                token.part = meta.part(message, token.seq)
+            else:
+                self.make.seq += 1
+                parts.append(Encoded(self.make.seq, "part", meta.part(message, self.make.seq)))
         if self.legacy:
             parts.extend(self._legacy(meta, message))
         return parts

@@ -51,18 +51,28 @@ def render_parts(
             return data
         return data[: data.rindex(b"\nid: ") + 5] + b"%b%d\n\n" % (id_prefix, seq)
 
+    kept: dict[bytes, bool] = {}  # by event name: a run has a handful
+
     def keep(data: bytes) -> bool:
         if modes is None:
             return True
-        name = data[7 : data.index(b"\n")].decode()  # after b"event: "
-        mode = name.partition("|")[0]
-        return mode.partition("/")[0] in modes if mode.startswith("messages/") else mode in modes
+        name = data[7 : data.index(b"\n", 7)]  # after b"event: "
+        found = kept.get(name)
+        if found is None:
+            mode = name.decode().partition("|")[0]
+            group = mode.partition("/")[0] if mode.startswith("messages/") else mode
+            found = kept[name] = group in modes
+        return found
 
     def render(batch: Iterable[LogEntry | RemoteEntry]) -> bytes:
         out = []
         for entry in batch:
             kind = entry.type
-            if kind == "part":
+            if kind == "token":
+                part = entry.part  # the chunk's messages part, sharing the token's seq
+                if part is not None and keep(part):
+                    out.append(with_id(part, entry.seq))
+            elif kind == "part":
                 if keep(entry.data):
                     out.append(with_id(entry.data, entry.seq))
             elif kind == "run_start":

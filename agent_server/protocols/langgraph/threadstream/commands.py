@@ -438,7 +438,7 @@ async def agent_get_tree(caller: Caller, data: dict[str, Any]) -> Result:
     if isinstance(run, Run):
         entries = list(run.log)
     else:
-        entries = [LogEntry(*e) for e in await state.runs.broker.read(run.run_id, 0, None)]
+        entries = [LogEntry.unwire(*e) for e in await state.runs.broker.read(run.run_id, 0, None)]
     translator = RunTranslator(0)
     translator.feed(entries)
     return {"tree": tree(translator)}, applied
