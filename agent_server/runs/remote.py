@@ -333,10 +333,15 @@ class Mirrors:
 
     def close(self, error: BaseException) -> None:
         """End every mirror with ``error`` (their followers raise it), and every mirror
-        asked for from now on (at shutdown)."""
+        asked for from now on (at shutdown). The followers are told here, not only by the
+        pump as it ends: once, under load, a remote run's followers on a worker shutting
+        down streamed on to the run's end and held the worker's exit (the SIGTERM case
+        in tests/faults/test_worker_faults.py); this ends them whatever the pump does."""
         self.closed = error
         for mirror in self.by_run.values():
             mirror.error = error
+            mirror.done = True
+            mirror._wake()
             if mirror.task is not None:
                 mirror.task.cancel()
 
