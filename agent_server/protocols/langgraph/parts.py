@@ -158,7 +158,7 @@ class Meta:
         try:
             body = orjson.dumps(fields)
         except TypeError:
-            body = dumps(fields, default=_default)
+            body = dumps_part(fields)
         if self._tail is None:
             self._tail = b",%b]\nid: " % self.json
         return b"".join((self._head, body, self._tail, b"%d\n\n" % seq))
