@@ -324,12 +324,15 @@ class LazyToken(Encoded):
     """A :class:`Token` of a LangGraph API run, encoded on first read of ``data``.
 
     Such a run's clients read the token's ``part`` (:attr:`Encoded.part`), not its frame;
-    the frame is there for native watchers and late joiners, and is otherwise encoded
-    only when the finished log is compacted, off the stream's path. The fields are taken
-    when the token is made (``ts`` included), so the bytes are what :func:`encode_token`
-    would have made then."""
+    the frame is there for native watchers and late joiners, and is encoded only when
+    one of them reads it: a compact log keeps an unread token as its fields and part
+    (``runs/log.py``). The fields are taken when the token is made (``ts`` included), so
+    the bytes are what :func:`encode_token` would have made then."""
 
-    __slots__ = ("_fields",)
+    # The fields in slots of their own, not a tuple: a tuple holding the namespace list
+    # stays tracked by the garbage collector, a second object per token for every
+    # collection to walk while the run is live (docs/performance.md).
+    __slots__ = ("_content", "_message_id", "_namespace", "_node", "_run_id", "_ts")
 
     def __init__(
         self,
@@ -345,23 +348,40 @@ class LazyToken(Encoded):
         self.type = "token"
         self._frame = None
         self.part = None
-        self._fields: tuple[Any, ...] | None = (run_id, ts, content, message_id, node, namespace)
+        self._run_id: str | None = run_id  # None once encoded
+        self._ts = ts
+        self._content = content
+        self._message_id = message_id
+        self._node = node
+        self._namespace = namespace
+
+    @property
+    def fields(self) -> tuple[Any, ...] | None:
+        """``(run_id, ts, content, message_id, node, namespace)`` while the frame is not
+        encoded: what a compact log keeps of it instead of the frame."""
+        if self._run_id is None:
+            return None
+        return (
+            self._run_id, self._ts, self._content, self._message_id, self._node, self._namespace,
+        )  # fmt: skip
 
     @property
     def data(self) -> bytes:
-        fields = self._fields
-        if fields is not None:
-            run_id, ts, content, message_id, node, namespace = fields
-            token = encode_token(run_id, self.seq, ts, content, message_id, node, namespace)
+        run_id = self._run_id
+        if run_id is not None:
+            token = encode_token(
+                run_id, self.seq, self._ts, self._content, self._message_id, self._node,
+                self._namespace,
+            )  # fmt: skip
             _DATA.__set__(self, token.data)
-            self._fields = None
+            self._run_id, self._content = None, ""
         data: bytes = _DATA.__get__(self, Encoded)
         return data
 
     @data.setter
     def data(self, value: bytes) -> None:
         _DATA.__set__(self, value)
-        self._fields = None
+        self._run_id, self._content = None, ""
 
 
 _DATA = Encoded.__dict__["data"]  # the slot LazyToken fills on first read

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
-from agent_server.frames import Done, LazyToken, Part, RunStart, Token, encode, encode_token
+from agent_server.frames import (
+    Done,
+    Encoded,
+    LazyToken,
+    Part,
+    RunStart,
+    Token,
+    encode,
+    encode_token,
+)
 from agent_server.runs.log import CHUNK, Log, LogEntry
 
 
@@ -72,3 +83,41 @@ def test_a_compact_log_keeps_the_parts_that_ride_on_tokens() -> None:
     assert [e.part for e in log] == [e.part for e in entries]
     assert all(e.data == encode_token("r", e.seq, e.seq, f" w{e.seq}", "m", "n", []).data
                for e in log)  # fmt: skip
+
+
+def test_a_compact_log_keeps_an_unread_lazy_token_unencoded() -> None:
+    """A lazy token nobody read is packed as its fields and part, not its frame: read back
+    it is lazy still, and its frame, when asked for, is the one it would have had."""
+    log = Log()
+    read = LazyToken("r", 1, 11, " a", "m", "n", ["sub:1"])
+    read.part = b"event: messages\ndata: [{}]\nid: 1\n\n"
+    assert read.data  # a native watcher read this one during the run
+    unread = LazyToken("r", 2, 12, " b", None, None, [])
+    unread.part = b"event: messages\ndata: [{}]\nid: 2\n\n"
+    bare = LazyToken("r", 3, 13, " c", "m", "n", [])  # no messages part asked for
+    for entry in (read, unread, bare):
+        log.append(entry)
+    log.compact()
+    back = list(log)
+    assert [type(e) for e in back] == [Encoded, LazyToken, LazyToken]
+    assert [e.fields for e in back[1:]] == [
+        ("r", 12, " b", None, None, []),
+        ("r", 13, " c", "m", "n", []),
+    ]
+    assert [e.part for e in back] == [read.part, unread.part, None]
+    assert [e.data for e in back] == [
+        encode_token("r", 1, 11, " a", "m", "n", ["sub:1"]).data,
+        encode_token("r", 2, 12, " b", None, None, []).data,
+        encode_token("r", 3, 13, " c", "m", "n", []).data,
+    ]
+
+
+def test_a_lazy_token_json_cannot_hold_is_encoded_when_packed() -> None:
+    """A field orjson refuses as it is (an odd node name) takes the frame's general
+    encoding, as it would have live."""
+    log = Log()
+    odd = LazyToken("r", 1, 1, " a", "m", Decimal("1.5"), [])  # type: ignore[arg-type]
+    log.append(odd)
+    expected = encode_token("r", 1, 1, " a", "m", Decimal("1.5"), []).data  # type: ignore[arg-type]
+    log.compact()
+    assert [e.data for e in log] == [expected]
