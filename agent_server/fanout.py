@@ -24,9 +24,14 @@ Decisions (read before changing):
   its own: a client of a worker that died may hold frames beyond the shared log, and the
   run's final frame is then numbered after its own position. Members level with the
   hub (nearly all) share one encoded message.
-- The hub counts as one stream for pacing (``Streams.window``), whatever its members.
-  (Waiting longer after a costly delivery, to batch more frames per write, measured
-  worse: lag and the run's pace both suffered; docs/performance.md.)
+- The hub counts as one stream for pacing (``Streams.window``), whatever its members,
+  and waits in proportion to what its last delivery took (``Streams.fanout_share``,
+  within ``fanout_wait_max``): a thousand writes a delivery, at a fast model's pace
+  every few tokens, took the loop from the run it delivers (with 1,000 watchers the
+  executing worker's run took twice as long at 200 tokens a second, 6-19 times as
+  long at full speed). A delivery yields to the loop every :data:`SLICE` members,
+  so that the run's next token is not held up for a whole delivery either
+  (docs/performance.md, "Fan-out at a fast model's pace").
 - A transport with its own fan-out (the Django Channels consumer's groups) does not
   use hubs.
 """
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from agent_server.connections import frames_message, try_send
@@ -47,6 +53,8 @@ if TYPE_CHECKING:
     from agent_server.ws import Session
 
 logger = logging.getLogger("agent_server.fanout")
+
+SLICE = 64  # members sent to between two yields to the loop (see Hub.deliver)
 
 
 class Member:
@@ -88,11 +96,11 @@ class Hub:
         try:
             with streams.stream():
                 async for batch in run.follow(self.position, max_batch=streams.max_batch):
-                    await self.deliver(batch)
+                    cost = await self.deliver(batch)
                     if not self.members:
                         return
                     if not run.finished:
-                        await streams.pace()
+                        await streams.pace(cost)
         except StreamError as exc:
             message = {"type": "error", "code": exc.code, "message": str(exc), "run_id": run.run_id}
             for member in list(self.members.values()):
@@ -107,8 +115,14 @@ class Hub:
                     del followers[run.run_id]
             self.members.clear()
 
-    async def deliver(self, batch: list[LogEntry]) -> None:
+    async def deliver(self, batch: list[LogEntry]) -> float:
+        """Send the batch to every member; the seconds of the loop that took. It yields
+        to the loop every :data:`SLICE` members, so that the run it delivers (on this
+        worker) is not held up for a whole delivery."""
         first, last = batch[0].seq, batch[-1].seq
+        busy = 0.0
+        started = time.perf_counter()
+        since_yield = 0
         # First: a socket that joins while a send below waits must be level with the
         # end of this batch, which only the members already here receive.
         self.position = last
@@ -118,6 +132,14 @@ class Hub:
         for session, member in list(self.members.items()):
             if member.after >= last:
                 continue
+            since_yield += 1
+            if since_yield == SLICE:
+                busy += time.perf_counter() - started
+                await asyncio.sleep(0)
+                started = time.perf_counter()
+                since_yield = 0
+                if member.done():  # it left meanwhile
+                    continue
             connection = session.connection
             if member.after < first:  # level with the hub: the batch's one message
                 text = text or frames_message([entry.data for entry in batch])
@@ -147,6 +169,7 @@ class Hub:
             else:
                 self.demote(member)
         self.hubs.streams.frames_sent += sent
+        return busy + time.perf_counter() - started
 
     def demote(self, member: Member) -> None:
         """A member that could not take a message follows the run on its own."""

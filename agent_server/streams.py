@@ -14,6 +14,15 @@ write per frame just when the CPU is scarce. With the defaults a lone stream wai
 twenty streams 40 ms, never more than 50 ms: below what a reader can see, far below a
 real model's time between tokens.
 
+A fan-out (one run's batch written to every socket of a worker that watches it:
+agent_server/fanout.py, the thread streams' feeds) also waits in proportion to what its
+last delivery took, so that delivering takes at most ``fanout_share`` of the loop's time
+and the run it delivers keeps its pace: a thousand sockets cost a thousand writes a
+delivery whatever the batch holds, and at a fast model's pace a 2 ms window meant a
+delivery every few tokens, the loop busy writing half the time and the run at half
+speed. The wait never exceeds ``fanout_wait_max`` (25 ms), which bounds the lag it
+adds; a handful of sockets deliver in microseconds and keep the usual window.
+
 Bounds. A subscriber is a position in its run's log, so it buffers nothing of its own;
 one that falls more than ``max_lag`` frames behind, or whose ``send`` does not complete
 within ``send_timeout`` (a client that stopped reading), is dropped and resumes from the
@@ -43,6 +52,8 @@ class Streams:
     ping_interval: float = 15.0
     flush_interval: float = 0.002
     flush_interval_max: float = 0.05
+    fanout_share: float = 0.1
+    fanout_wait_max: float = 0.025
     max_lag: int = 10_000
     max_batch: int = 512
     send_timeout: float = 10.0
@@ -53,12 +64,18 @@ class Streams:
     dropped_slow: int = 0
     pacing: int = 0  # streams waiting out a window now (see the module docstring)
 
-    def window(self) -> float:
-        return min(self.flush_interval_max, self.flush_interval * (self.pacing + 1))
+    def window(self, cost: float = 0.0) -> float:
+        window = min(self.flush_interval_max, self.flush_interval * (self.pacing + 1))
+        if cost > 0.0:
+            spread = min(cost * (1.0 / self.fanout_share - 1.0), self.fanout_wait_max)
+            window = max(window, spread)
+        return window
 
-    async def pace(self) -> None:
-        """Wait the window after a write, counted as a stream writing meanwhile."""
-        window = self.window()
+    async def pace(self, cost: float = 0.0) -> None:
+        """Wait the window after a write, counted as a stream writing meanwhile.
+
+        ``cost``: the seconds a fan-out's delivery took (see the module docstring)."""
+        window = self.window(cost)
         self.pacing += 1
         try:
             await asyncio.sleep(window)

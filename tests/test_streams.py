@@ -1,10 +1,13 @@
 """Stream pacing: the write window widens with the streams writing at once, within its
-bounds; streams waiting for their run to say something do not widen it."""
+bounds; streams waiting for their run to say something do not widen it; a fan-out waits
+in proportion to what its delivery took, and lets the loop run between slices of it."""
 
 from __future__ import annotations
 
 import asyncio
 
+from agent_server.fanout import SLICE, Hub, Hubs, Member
+from agent_server.frames import Encoded
 from agent_server.streams import Streams
 
 
@@ -45,3 +48,54 @@ def test_zero_interval_writes_at_once() -> None:
     streams = Streams(flush_interval=0.0)
     streams.pacing = 5
     assert streams.window() == 0.0
+
+
+def test_a_costly_fan_out_waits_in_proportion_within_its_bound() -> None:
+    """A delivery to many sockets that took ``cost`` waits long enough for delivering to
+    take at most ``fanout_share`` of the loop, never longer than ``fanout_wait_max``; a
+    cheap one keeps the usual window."""
+    streams = Streams(flush_interval=0.002, flush_interval_max=0.05)
+    assert streams.window(0.0001) == 0.002  # a few sockets: microseconds
+    assert abs(streams.window(0.002) - 0.018) < 1e-9  # 2 ms of writes: 10 % of 20 ms
+    assert streams.window(0.01) == streams.fanout_wait_max == 0.025  # the lag it may add
+    streams.pacing = 1000
+    assert streams.window(0.002) == 0.05  # a wider window under load stays
+
+
+async def test_a_hub_yields_to_the_loop_while_it_delivers() -> None:
+    """A delivery to many members lets the run (any other task) go on between slices of
+    members, and every member gets the whole batch once."""
+    hubs = Hubs(Streams())
+    hub = Hub(hubs, run=None, position=0)  # type: ignore[arg-type]
+    got: dict[int, list[str]] = {}
+    ran_meanwhile: list[int] = []
+
+    class Connection:
+        def __init__(self, number: int) -> None:
+            self.number = number
+            self.followers: dict[str, object] = {}
+
+        def send_shared(self, shared: object) -> bool:
+            got.setdefault(self.number, []).append(shared.messages[0].decode())  # type: ignore[attr-defined]
+            return True
+
+    class Session:
+        def __init__(self, number: int) -> None:
+            self.connection = Connection(number)
+
+    for number in range(SLICE * 3):
+        session = Session(number)
+        hub.members[session] = Member(hub, session, 0)  # type: ignore[index, arg-type]
+
+    async def other() -> None:
+        ran_meanwhile.append(len(got))
+
+    task = asyncio.create_task(other())
+    batch = [Encoded(1, "token", b'{"seq":1}'), Encoded(2, "token", b'{"seq":2}')]
+    cost = await hub.deliver(batch)
+    await task
+    assert cost > 0
+    assert 0 < ran_meanwhile[0] < SLICE * 3  # it ran in the middle of the delivery
+    assert all(messages == ['[{"seq":1},{"seq":2}]'] for messages in got.values())
+    assert len(got) == SLICE * 3
+    assert all(member.after == 2 for member in hub.members.values())

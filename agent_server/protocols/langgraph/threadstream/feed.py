@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -156,14 +157,15 @@ class RunFeed:
                     self.last = entries[-1].seq
                     events = translator.feed(entries)
                     if events:
+                        started = time.perf_counter()
                         start = len(self.events)
                         self.events += events
                         self.seqs += translator.seqs
                         if self.direct:
                             self.hand_over(start, streams)
                         self.wake()
-                        if not run.finished:
-                            await streams.pace()
+                        if not run.finished:  # a fan-out: paced by what handing over took
+                            await streams.pace(time.perf_counter() - started)
                     if not self.readers:
                         return
             self.complete = True
