@@ -29,6 +29,14 @@ from agent_server.supervise import backoff
 logger = logging.getLogger("agent_server.runs")
 
 
+# A run's status by the code of the error frame that ended it (Run._end's callers).
+ENDED_BY = {
+    "cancelled": RunStatus.CANCELLED,
+    "shutdown": RunStatus.CANCELLED,
+    "timeout": RunStatus.TIMEOUT,
+}
+
+
 class ShuttingDown(StreamError):
     """This worker stops while another worker's run it streams goes on elsewhere."""
 
@@ -100,7 +108,11 @@ class RemoteRun:
         seq = await self.broker.last_seq(self.run_id)
         last = await self.broker.read(self.run_id, seq - 1, None) if seq else []
         if last and last[-1][1] in TERMINAL_TYPES:
-            return  # it ended after all; the record was just behind
+            # It ended after all, and died before its record said so: the record is
+            # written from the log, or it would say "running" until it expires.
+            await self.broker.put_record(self.run_id, await self._ended(last[-1]))
+            await self.refresh_record()
+            return
         # A broker that restarted empty holds less than this worker has read: follow that.
         seq = max(seq, known)
         frame = Error(
@@ -118,6 +130,19 @@ class RemoteRun:
                  "ended_at": repr(time.time()), "lost": "1"},
             )  # fmt: skip
         await self.refresh_record()
+
+    async def _ended(self, final: tuple[int, str, bytes]) -> dict[str, str]:
+        """The record of a run whose shared log ends with ``final``, as its worker would
+        have written it (agent_server/runs/run.py: ``Run._end``)."""
+        seq, kind, data = final
+        if kind == "done":
+            log = await self.broker.read(self.run_id, 0, None)
+            interrupted = any(entry[1] == "interrupt" for entry in log)
+            status = RunStatus.INTERRUPTED if interrupted else RunStatus.SUCCESS
+        else:
+            code = orjson.loads(RemoteEntry.unwire(seq, kind, data).data).get("code")
+            status = ENDED_BY.get(code, RunStatus.ERROR)
+        return {"status": status.value, "last_seq": str(seq), "ended_at": repr(time.time())}
 
     async def refresh_record(self) -> None:
         record = await self.broker.get_record(self.run_id)
@@ -152,6 +177,10 @@ class RemoteRun:
                 max_batch=max_batch,
                 skip_parts=not parts,
             ):
+                if self.mirrors.closed is not None:
+                    # Shutting down: what the mirror holds beyond is not sent from here
+                    # (the client resumes elsewhere), whatever its pump still appends.
+                    raise self.mirrors.closed
                 yield batch
                 if batch and batch[-1].type in TERMINAL_TYPES:
                     return
@@ -274,6 +303,8 @@ class Mirror:
                 try:
                     # Short reads, so that a lost worker is noticed within seconds.
                     found = await run.broker.read(run.run_id, len(self.entries), 2.0)
+                    if self.error is not None:  # closed meanwhile (Mirrors.close)
+                        return
                     if found:
                         self.entries.extend(RemoteEntry.unwire(*entry) for entry in found)
                         self._wake()
@@ -336,7 +367,9 @@ class Mirrors:
         asked for from now on (at shutdown). The followers are told here, not only by the
         pump as it ends: once, under load, a remote run's followers on a worker shutting
         down streamed on to the run's end and held the worker's exit (the SIGTERM case
-        in tests/faults/test_worker_faults.py); this ends them whatever the pump does."""
+        in tests/faults/test_worker_faults.py). Once closed, a follower raises at its
+        next batch, not after reading what the mirror still holds, and a pump whose
+        cancellation has not taken effect appends nothing more."""
         self.closed = error
         for mirror in self.by_run.values():
             mirror.error = error
