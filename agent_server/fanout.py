@@ -29,7 +29,7 @@ Decisions (read before changing):
   within ``fanout_wait_max``): a thousand writes a delivery, at a fast model's pace
   every few tokens, took the loop from the run it delivers (with 1,000 watchers the
   executing worker's run took twice as long at 200 tokens a second, 6-19 times as
-  long at full speed). A delivery yields to the loop every :data:`SLICE` members,
+  long at full speed). A delivery yields to the loop every ``fanout_slice`` members,
   so that the run's next token is not held up for a whole delivery either
   (docs/performance.md, "Fan-out at a fast model's pace").
 - A transport with its own fan-out (the Django Channels consumer's groups) does not
@@ -53,8 +53,6 @@ if TYPE_CHECKING:
     from agent_server.ws import Session
 
 logger = logging.getLogger("agent_server.fanout")
-
-SLICE = 64  # members sent to between two yields to the loop (see Hub.deliver)
 
 
 class Member:
@@ -117,12 +115,13 @@ class Hub:
 
     async def deliver(self, batch: list[LogEntry]) -> float:
         """Send the batch to every member; the seconds of the loop that took. It yields
-        to the loop every :data:`SLICE` members, so that the run it delivers (on this
-        worker) is not held up for a whole delivery."""
+        to the loop every ``Streams.fanout_slice`` members, so that the run it delivers
+        (on this worker) is not held up for a whole delivery."""
         first, last = batch[0].seq, batch[-1].seq
         busy = 0.0
         started = time.perf_counter()
         since_yield = 0
+        slice_size = self.hubs.streams.fanout_slice
         # First: a socket that joins while a send below waits must be level with the
         # end of this batch, which only the members already here receive.
         self.position = last
@@ -133,7 +132,7 @@ class Hub:
             if member.after >= last:
                 continue
             since_yield += 1
-            if since_yield == SLICE:
+            if since_yield == slice_size:
                 busy += time.perf_counter() - started
                 await asyncio.sleep(0)
                 started = time.perf_counter()

@@ -21,7 +21,9 @@ and the run it delivers keeps its pace: a thousand sockets cost a thousand write
 delivery whatever the batch holds, and at a fast model's pace a 2 ms window meant a
 delivery every few tokens, the loop busy writing half the time and the run at half
 speed. The wait never exceeds ``fanout_wait_max`` (25 ms), which bounds the lag it
-adds; a handful of sockets deliver in microseconds and keep the usual window.
+adds; a handful of sockets deliver in microseconds and keep the usual window. A
+delivery yields to the loop every ``fanout_slice`` sockets, so the run's next token
+waits for a slice of the writes, not for all of them.
 
 Bounds. A subscriber is a position in its run's log, so it buffers nothing of its own;
 one that falls more than ``max_lag`` frames behind, or whose ``send`` does not complete
@@ -54,6 +56,7 @@ class Streams:
     flush_interval_max: float = 0.05
     fanout_share: float = 0.1
     fanout_wait_max: float = 0.025
+    fanout_slice: int = 64  # sockets written to between two yields to the loop
     max_lag: int = 10_000
     max_batch: int = 512
     send_timeout: float = 10.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agent_server.fanout import SLICE, Hub, Hubs, Member
+from agent_server.fanout import Hub, Hubs, Member
 from agent_server.frames import Encoded
 from agent_server.streams import Streams
 
@@ -66,6 +66,7 @@ async def test_a_hub_yields_to_the_loop_while_it_delivers() -> None:
     """A delivery to many members lets the run (any other task) go on between slices of
     members, and every member gets the whole batch once."""
     hubs = Hubs(Streams())
+    members = hubs.streams.fanout_slice * 3
     hub = Hub(hubs, run=None, position=0)  # type: ignore[arg-type]
     got: dict[int, list[str]] = {}
     ran_meanwhile: list[int] = []
@@ -83,7 +84,7 @@ async def test_a_hub_yields_to_the_loop_while_it_delivers() -> None:
         def __init__(self, number: int) -> None:
             self.connection = Connection(number)
 
-    for number in range(SLICE * 3):
+    for number in range(members):
         session = Session(number)
         hub.members[session] = Member(hub, session, 0)  # type: ignore[index, arg-type]
 
@@ -95,7 +96,7 @@ async def test_a_hub_yields_to_the_loop_while_it_delivers() -> None:
     cost = await hub.deliver(batch)
     await task
     assert cost > 0
-    assert 0 < ran_meanwhile[0] < SLICE * 3  # it ran in the middle of the delivery
+    assert 0 < ran_meanwhile[0] < members  # it ran in the middle of the delivery
     assert all(messages == ['[{"seq":1},{"seq":2}]'] for messages in got.values())
-    assert len(got) == SLICE * 3
+    assert len(got) == members
     assert all(member.after == 2 for member in hub.members.values())

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from agent_server.app import create_app
 from agent_server.protocols.langgraph.threadstream import feed, history
@@ -91,3 +92,41 @@ async def test_many_streams_share_one_translation_each_gets_its_events(
     assert len(made) == 3
     # ... and the new run woke the 80 streams, which looked at the thread's runs together
     assert looked < 20
+
+
+async def test_websocket_readers_handed_events_in_slices_each_get_them_all() -> None:
+    """WebSocket streams level with the feed are handed its events by the feed itself, a
+    slice of them at a time with the loop running in between (``Streams.fanout_slice``,
+    small here): each still gets every event of the run once, in order, as SSE does."""
+    app = create_app(test_settings(graphs=GRAPHS))
+    with live_server(app) as base:
+        app.state.agent_server.streams.fanout_slice = 3
+        url = f"{base}/langgraph"
+        thread_id = str(uuid.uuid4())
+        ws_url = url.replace("http", "ws", 1) + f"/threads/{thread_id}/stream/events"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            await client.post("/threads", json={"thread_id": thread_id})
+            async with contextlib.AsyncExitStack() as stack:
+                sockets = [await stack.enter_async_context(connect(ws_url)) for _ in range(10)]
+                for number, socket in enumerate(sockets):
+                    request = {"channels": ALL}
+                    await socket.send(
+                        json.dumps(
+                            {"id": number, "method": "subscription.subscribe", "params": request}
+                        )
+                    )
+                    assert json.loads(await socket.recv())["type"] == "success"
+                await run_start(client, thread_id, "slow", WORDS)
+                seen = await asyncio.gather(*(ws_events(socket) for socket in sockets))
+            full = await sse_events(client, thread_id, {"channels": ALL})
+    assert root_end(full[-1])
+    assert all(events == full for events in seen)
+
+
+async def ws_events(socket: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    while not found or not root_end(found[-1]):
+        message = json.loads(await socket.recv())
+        if message.get("type") == "event":  # as SSE sends it (one JSON object a frame)
+            found.append(message)
+    return found

@@ -157,15 +157,13 @@ class RunFeed:
                     self.last = entries[-1].seq
                     events = translator.feed(entries)
                     if events:
-                        started = time.perf_counter()
                         start = len(self.events)
                         self.events += events
                         self.seqs += translator.seqs
-                        if self.direct:
-                            self.hand_over(start, streams)
+                        cost = await self.hand_over(start, streams) if self.direct else 0.0
                         self.wake()
                         if not run.finished:  # a fan-out: paced by what handing over took
-                            await streams.pace(time.perf_counter() - started)
+                            await streams.pace(cost)
                     if not self.readers:
                         return
             self.complete = True
@@ -188,12 +186,22 @@ class RunFeed:
                 self.batches.popitem(last=False)
         return batch
 
-    def hand_over(self, start: int, streams: Streams) -> None:
+    async def hand_over(self, start: int, streams: Streams) -> float:
         """The events from ``start`` to every direct reader level with it; one whose
-        sink refuses them (or fails) is woken to read them the usual way."""
+        sink refuses them (or fails) is woken to read them the usual way. It yields to
+        the loop every ``Streams.fanout_slice`` readers, as a hub does, and
+        returns the seconds of the loop it took."""
         batch = self.slice(start, len(self.events))
         handed = 0
-        for reader, (sink, waiter) in list(self.direct.items()):
+        busy = 0.0
+        started = time.perf_counter()
+        for count, (reader, (sink, waiter)) in enumerate(list(self.direct.items()), 1):
+            if count % streams.fanout_slice == 0:
+                busy += time.perf_counter() - started
+                await asyncio.sleep(0)
+                started = time.perf_counter()
+                if reader not in self.direct:  # it left meanwhile
+                    continue
             try:
                 taken = reader.index == start and sink(batch)
             except Exception:  # the usual path will meet the error and end the stream
@@ -207,6 +215,7 @@ class RunFeed:
                 if not waiter.done():
                     waiter.set_result(None)
         streams.frames_sent += handed
+        return busy + time.perf_counter() - started
 
     def wake(self) -> None:
         self.changed.set()
