@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from agent_server.connections import frames_message, try_send
@@ -118,10 +117,7 @@ class Hub:
         to the loop every ``Streams.fanout_slice`` members, so that the run it delivers
         (on this worker) is not held up for a whole delivery."""
         first, last = batch[0].seq, batch[-1].seq
-        busy = 0.0
-        started = time.perf_counter()
-        since_yield = 0
-        slice_size = self.hubs.streams.fanout_slice
+        delivery = self.hubs.streams.delivery()
         # First: a socket that joins while a send below waits must be level with the
         # end of this batch, which only the members already here receive.
         self.position = last
@@ -131,14 +127,8 @@ class Hub:
         for session, member in list(self.members.items()):
             if member.after >= last:
                 continue
-            since_yield += 1
-            if since_yield == slice_size:
-                busy += time.perf_counter() - started
-                await asyncio.sleep(0)
-                started = time.perf_counter()
-                since_yield = 0
-                if member.done():  # it left meanwhile
-                    continue
+            if await delivery.step() and member.done():  # it left meanwhile
+                continue
             connection = session.connection
             if member.after < first:  # level with the hub: the batch's one message
                 text = text or frames_message([entry.data for entry in batch])
@@ -168,7 +158,7 @@ class Hub:
             else:
                 self.demote(member)
         self.hubs.streams.frames_sent += sent
-        return busy + time.perf_counter() - started
+        return delivery.busy
 
     def demote(self, member: Member) -> None:
         """A member that could not take a message follows the run on its own."""

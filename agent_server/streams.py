@@ -34,6 +34,7 @@ log when it reconnects. The run and every other subscriber carry on.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,3 +93,35 @@ class Streams:
             yield
         finally:
             self.active -= 1
+
+    def delivery(self) -> Delivery:
+        """The bookkeeping of one fan-out delivery (see :class:`Delivery`)."""
+        return Delivery(self.fanout_slice)
+
+
+class Delivery:
+    """One fan-out delivery's slices and loop time: :meth:`step` before each socket
+    yields to the loop every ``size`` sockets, and :attr:`busy` is the time the
+    delivery itself took, the yields left out (what :meth:`Streams.pace` is given)."""
+
+    __slots__ = ("_count", "_size", "_spent", "_started")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._count = 0
+        self._spent = 0.0
+        self._started = time.perf_counter()
+
+    async def step(self) -> bool:
+        """Count one socket; True if the loop ran meanwhile (a socket may have gone)."""
+        self._count += 1
+        if self._count % self._size:
+            return False
+        self._spent += time.perf_counter() - self._started
+        await asyncio.sleep(0)
+        self._started = time.perf_counter()
+        return True
+
+    @property
+    def busy(self) -> float:
+        return self._spent + time.perf_counter() - self._started

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -193,15 +192,10 @@ class RunFeed:
         returns the seconds of the loop it took."""
         batch = self.slice(start, len(self.events))
         handed = 0
-        busy = 0.0
-        started = time.perf_counter()
-        for count, (reader, (sink, waiter)) in enumerate(list(self.direct.items()), 1):
-            if count % streams.fanout_slice == 0:
-                busy += time.perf_counter() - started
-                await asyncio.sleep(0)
-                started = time.perf_counter()
-                if reader not in self.direct:  # it left meanwhile
-                    continue
+        delivery = streams.delivery()
+        for reader, (sink, waiter) in list(self.direct.items()):
+            if await delivery.step() and reader not in self.direct:  # it left meanwhile
+                continue
             try:
                 taken = reader.index == start and sink(batch)
             except Exception:  # the usual path will meet the error and end the stream
@@ -215,7 +209,7 @@ class RunFeed:
                 if not waiter.done():
                     waiter.set_result(None)
         streams.frames_sent += handed
-        return busy + time.perf_counter() - started
+        return delivery.busy
 
     def wake(self) -> None:
         self.changed.set()
