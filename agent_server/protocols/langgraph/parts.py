@@ -36,13 +36,12 @@ import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import orjson
 from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
 from langchain_core.runnables.schema import StreamEvent
 from langgraph.types import Command
 from pydantic import BaseModel
 
-from agent_server.frames import Emitted, Encoded, _json_default, dumps, encode_part
+from agent_server.frames import Emitted, Encoded, _json_default, dumps, dumps_plain, encode_part
 from agent_server.translate import NOSTREAM_TAG, FrameFactory
 
 # The modes the driver must add to its own stream modes for a run that asks for them.
@@ -148,17 +147,9 @@ class Meta:
 
     def part(self, message: BaseMessage, seq: int) -> bytes:
         """The ``messages`` part of one message: its fields serialised directly (pydantic
-        keeps exactly them in ``__dict__``).
-
-        A streamed chunk holds only JSON's own types: orjson without options or a
-        default serialises it in 0.6 µs instead of 0.95 (``OPT_NON_STR_KEYS`` alone costs
-        the difference), to the same bytes; anything else (a model, a non-string key)
-        raises, and takes the general path."""
-        fields = message.__dict__
-        try:
-            body = orjson.dumps(fields)
-        except TypeError:
-            body = dumps_part(fields)
+        keeps exactly them in ``__dict__``). A streamed chunk holds only JSON's own types
+        (:func:`~agent_server.frames.dumps_plain`: 0.6 µs instead of 0.95)."""
+        body = dumps_plain(message.__dict__, dumps_part)
         if self._tail is None:
             self._tail = b",%b]\nid: " % self.json
         return b"".join((self._head, body, self._tail, b"%d\n\n" % seq))
