@@ -114,6 +114,7 @@ async def open_state(
             runs.worker,
             hubs=Hubs(streams),
             heartbeats=Heartbeats(settings.ws_ping_interval, settings.ws_idle_timeout),
+            presence_members_max=settings.presence_members_max,
         )
         sessions: dict[str, Any] = {}
         runs.on_submit.append(fan_out(connections, sessions))

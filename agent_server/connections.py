@@ -10,6 +10,7 @@ assert the tables are empty after many sockets come and go.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import orjson
 from agent_server.auth import User
 from agent_server.brokers import Broker, worker_lost
 from agent_server.frames import dumps
+from agent_server.ws_protocol import SharedFrames
 
 if TYPE_CHECKING:
     from agent_server.fanout import Hubs
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from agent_server.ws_protocol import SendShared
 
 SendText = Callable[[str], Awaitable[None]]
+logger = logging.getLogger("agent_server.connections")
 
 
 class Follower(Protocol):
@@ -46,6 +49,29 @@ def presence_message(thread_id: str, connection: Connection, event: str) -> dict
         "client_id": connection.client_id,
         "user": connection.user_id,
     }
+
+
+def presence_texts(
+    events: list[dict[str, Any]], members: list[dict[str, Any]], members_max: int
+) -> tuple[str, dict[str, str]]:
+    """The message telling a room's members ``events``, and a joiner's own copy of it by
+    client id: each event says how many members the room has (``count``) and, while
+    they are at most ``members_max``, lists them (``members``). In a larger room a list
+    in every event to every member would be O(N^2) bytes a join, so only a joiner's
+    own ``join`` lists them (its starting point; the events after keep it current)."""
+    count = len(members)
+    listed = count <= members_max
+    told = [
+        {**event, "count": count, **({"members": members} if listed else {})} for event in events
+    ]
+    own: dict[str, str] = {}
+    if not listed:
+        for index, event in enumerate(events):
+            if event["event"] == "join":
+                copy = list(told)
+                copy[index] = {**told[index], "members": members}
+                own[event["client_id"]] = frames_message([dumps(e) for e in copy])
+    return frames_message([dumps(event) for event in told]), own
 
 
 def member_info(connection: Connection) -> dict[str, Any]:
@@ -68,6 +94,16 @@ def spawn_into(
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     return task
+
+
+def share(send_shared: SendShared, shared: SharedFrames) -> bool:
+    """Write a message framed once for many sockets, if this one can take it now; False
+    (nothing written, the caller sends it the usual way) if not, or if that failed."""
+    try:
+        return send_shared(shared)
+    except Exception:  # not written: the usual send says why
+        logger.debug("shared frame refused", exc_info=True)
+        return False
 
 
 async def try_send(send_text: SendText, text: str) -> bool:
@@ -133,6 +169,7 @@ class ConnectionManager:
         *,
         hubs: Hubs | None = None,
         heartbeats: Heartbeats | None = None,
+        presence_members_max: int = 100,
     ) -> None:
         self.broker = broker if broker is not None and broker.shared else None
         self.worker = worker
@@ -142,6 +179,9 @@ class ConnectionManager:
         self.hubs = hubs  # one per run followed by sockets here (agent_server/fanout.py)
         self.tasks: set[asyncio.Task[None]] = set()  # work for many sockets at once
         self.heartbeats = heartbeats  # every socket's ping and idle time-out, one timer
+        self.presence_members_max = presence_members_max
+        # thread id -> presence waiting for the room's delivery under way (see announce)
+        self.announcing: dict[str, list[dict[str, Any]]] = {}
 
     def spawn(self, coroutine: Awaitable[None], name: str) -> None:
         spawn_into(self.tasks, coroutine, name)
@@ -223,9 +263,78 @@ class ConnectionManager:
         if self.broker is not None:
             await self.broker.publish_presence(dumps(message))  # see relay_presence
             return
-        members = self.members(thread_id)
-        message["members"] = [member_info(member) for member in members]
-        await self.broadcast(message, members)
+        await self.announce(message)
+
+    async def announce(self, message: dict[str, Any]) -> None:
+        """Tell this worker's members of a room one presence event.
+
+        A room's events are told one delivery at a time: an event that comes while one
+        is under way (the storm of a thousand joins) waits for the next, and all that
+        waited go out together as one message, written to every member with the same
+        bytes (see :meth:`_tell`). The first event after a quiet spell is told at once,
+        before this returns; the rest follow from a task, paced as a run's fan-out is
+        (docs/performance.md, "A room of 1,000")."""
+        thread_id = message["thread_id"]
+        waiting = self.announcing.get(thread_id)
+        if waiting is not None:
+            waiting.append(message)
+            return
+        waiting = self.announcing[thread_id] = []
+        cost = 0.0
+        try:
+            cost = await self._tell(thread_id, [message])
+        finally:
+            if waiting:
+                self.spawn(self._tell_waiting(thread_id, cost), f"presence-{thread_id}")
+            else:
+                del self.announcing[thread_id]
+
+    async def _tell_waiting(self, thread_id: str, cost: float) -> None:
+        try:
+            while waiting := self.announcing[thread_id]:
+                if self.hubs is not None:
+                    await self.hubs.streams.pace(cost)
+                events = list(waiting)
+                waiting.clear()
+                try:
+                    cost = await self._tell(thread_id, events)
+                except Exception:  # the broker's member list (it says so itself): the next
+                    logger.exception("presence on thread %s was not told", thread_id)
+        finally:
+            del self.announcing[thread_id]
+
+    async def _tell(self, thread_id: str, events: list[dict[str, Any]]) -> float:
+        """One delivery of presence events to the room's members here (as
+        :func:`presence_texts` words them); the seconds of the loop it took."""
+        local = self.members(thread_id)
+        if not local:
+            return 0.0
+        members = await self.member_list(thread_id)
+        text, own = presence_texts(events, members, self.presence_members_max)
+        return await self.tell(local, text, own)
+
+    async def tell(
+        self, connections: list[Connection], text: str, own: dict[str, str] | None = None
+    ) -> float:
+        """Send ``text`` to every connection (or its own text from ``own``, by client id),
+        the shared text framed once for all (agent_server/ws_protocol.py); the seconds
+        of the loop that took. A socket that cannot take it now is sent it the usual
+        way, all of them at once, so that one slow socket delays no other."""
+        delivery = self.hubs.streams.delivery() if self.hubs is not None else None
+        shared: SharedFrames | None = None
+        later: list[tuple[Connection, str]] = []
+        for connection in connections:
+            if delivery is not None:
+                await delivery.step()
+            mine = own.get(connection.client_id) if own else None
+            if mine is None and connection.send_shared is not None:
+                shared = shared or SharedFrames([text.encode()])
+                if share(connection.send_shared, shared):
+                    continue
+            later.append((connection, text if mine is None else mine))
+        if later:
+            await asyncio.gather(*(self._try_send(c, message.encode()) for c, message in later))
+        return delivery.busy if delivery is not None else 0.0
 
     async def member_list(self, thread_id: str) -> list[dict[str, Any]]:
         """``[{client_id, user}]`` of a room: this worker's members, or, with a shared
@@ -250,11 +359,8 @@ class ConnectionManager:
         assert self.broker is not None
         async for raw in self.broker.presence():
             message = orjson.loads(raw)
-            thread_id = message["thread_id"]
-            local = self.members(thread_id)
-            if local:
-                members = await self.member_list(thread_id)
-                await self.broadcast({**message, "members": members}, local)
+            if message["thread_id"] in self.rooms:  # it has members here
+                await self.announce(message)
 
     # -- thread watchers (rooms and plain subscriptions) -----------------------------------
 

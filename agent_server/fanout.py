@@ -42,7 +42,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from agent_server.connections import frames_message, try_send
+from agent_server.connections import frames_message, share, try_send
 from agent_server.runs import RemoteRun
 from agent_server.streams import StreamError, Streams
 from agent_server.ws_protocol import SharedFrames
@@ -135,12 +135,7 @@ class Hub:
                 message, count = text, len(batch)
                 if connection.send_shared is not None:
                     shared = shared or SharedFrames([text.encode()])
-                    try:
-                        written = connection.send_shared(shared)
-                    except Exception:  # not written: the usual send below says why
-                        logger.debug("shared frame refused", exc_info=True)
-                        written = False
-                    if written:
+                    if share(connection.send_shared, shared):
                         member.after = last
                         sent += count
                         continue

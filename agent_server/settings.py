@@ -263,6 +263,12 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(1_000_000, gt=0, description="Larger messages: close 1009.")
     ws_rate_limit: float = Field(20.0, gt=0, description="Client messages per second, sustained.")
     ws_rate_burst: int = Field(60, ge=1, description="Client messages allowed in a burst.")
+    presence_members_max: int = Field(
+        100,
+        ge=0,
+        description="Rooms up to this size list their members in every presence message; "
+        "in larger ones only a joiner's own join does.",
+    )
 
     # Slow clients and connections, per worker (docs/configuration.md, "Connections").
     header_timeout: float = Field(

@@ -94,9 +94,13 @@ class Stats:
         self.failed: Counter[str] = Counter()  # could not open, and why
 
 
-class WsClient(asyncio.Protocol):
+class WsClient(asyncio.BaseProtocol):
     """An idle ``/ws`` socket on the websockets library's sans-I/O protocol (cheap enough
-    for 10,000 in one process): answers ``ping`` with ``pong``, records its close."""
+    for 10,000 in one process): answers ``ping`` with ``pong``, records its close.
+
+    A ``BaseProtocol`` with ``data_received`` rather than an ``asyncio.Protocol``: uvloop
+    takes a subclass that is an ``asyncio.Protocol`` for a plain one even when it reads
+    into buffers of its own (bench/fanout.py's ``SubscriberSocket``)."""
 
     def __init__(self, number: int, uri: str, deflate: bool, stats: Stats) -> None:
         extensions = [ClientPerMessageDeflateFactory(compress_settings={"memLevel": 5})]

@@ -68,6 +68,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import resource
@@ -105,10 +106,37 @@ THREAD_END = re.compile(
     rb'"method":"lifecycle","params":\{"namespace":\[\],"timestamp":\d+,'
     rb'"data":\{"event":"(?:completed|failed|interrupted)"'
 )
-NATIVE_END = re.compile(b"|".join(re.escape(m.encode()) for m in TERMINAL_MARKERS))
+DONE_MARKER, ERROR_MARKER = (m.encode() for m in TERMINAL_MARKERS)
+
+
+def ends_native(data: bytes | bytearray, start: int = 0, end: int | None = None) -> bool:
+    """Whether the bytes hold a terminal frame. Only their tail is searched: the terminal
+    frame is the last of the run a subscriber gets, and small, so it ends within a few
+    hundred bytes of its read (a ping may follow it in the same read); searching all of
+    the 100 MB that 1,000 subscribers read cost the client 40 ms a run (the client's own
+    cost is not the server's lag)."""
+    end = len(data) if end is None else end
+    start = max(start, end - END_SEARCH)
+    return data.find(DONE_MARKER, start, end) >= 0 or data.find(ERROR_MARKER, start, end) >= 0
+
+
+def ends_thread(data: bytes | bytearray, start: int = 0, end: int | None = None) -> bool:
+    """Whether the bytes hold the root's end on a thread stream (lifecycle events are
+    few: the substring check spares the regex nearly every read)."""
+    end = len(data) if end is None else end
+    if data.find(b'"method":"lifecycle"', start, end) < 0:
+        return False
+    return THREAD_END.search(data, start, end) is not None
+
+
 THREAD_RUN = "the thread's run"  # what a thread stream's events say of their run
 MARKER_SIZE = 160  # longer than either end marker: the seam between two reads
+END_SEARCH = 4096  # the bytes at the end of a read searched for a terminal frame
+ARENA = 1 << 18  # bytes a socket reads into (a subscriber's run, ~100 KB, fits in one)
+MIN_READ = 1 << 16  # less room left than this: the next read goes to a new arena
+PAGE = 4096
 CONNECTING_AT_ONCE = 64  # handshakes in flight; the rest wait (kind to both accept queues)
+QUIET = 0.3  # seconds without a message: a room's presence has settled
 SATURATED = 0.85  # CPU time / wall time above which a process (one thread) is saturated
 
 
@@ -263,6 +291,7 @@ class Subscriber:
     # (arrival time in ms, the message): parsed by read() once every subscriber is done
     arrived: list[tuple[float, str]] = field(default_factory=list)
     parse: Callable[[], None] = lambda: None  # its socket's bytes into ``arrived``
+    prepare: Callable[[], None] = lambda: None  # its socket's reads into touched memory
     terminal: str | None = None
     error: str | None = None  # why it stopped reading before the terminal frame
 
@@ -316,11 +345,16 @@ def read_thread_event(subscriber: Subscriber, now: float, event: dict[str, Any])
         subscriber.done_ts = params["timestamp"]
 
 
-class SubscriberSocket(WsClient):
+class SubscriberSocket(WsClient, asyncio.BufferedProtocol):
     """One subscriber's socket on websockets' sans-I/O protocol (bench/connections.py),
     a tenth of the asyncio client's cost per message: until acknowledged, each message
     is parsed; then it is kept with its arrival time and parsed after the run (see the
-    module docstring), except the heartbeat's ``ping``, answered at once."""
+    module docstring), except the heartbeat's ``ping``, answered at once.
+
+    It reads into an arena (``BufferedProtocol``), made afresh with every page touched
+    just before the run (:meth:`prepare`): reading the run into new ``bytes`` cost the
+    client 25,000 page faults (100 MB at N = 1000), and at times 0.3 s of kernel time
+    in the middle of the run, counted as the server's lag."""
 
     def __init__(
         self,
@@ -329,17 +363,19 @@ class SubscriberSocket(WsClient):
         deflate: bool,
         acknowledgement: str,
         on_acknowledged: Callable[[], None],
-        end: re.Pattern[bytes] = NATIVE_END,
+        end: Callable[..., bool] = ends_native,
     ) -> None:
         super().__init__(0, uri, deflate, Stats())
         self.conn.max_size = None
         self.subscriber = subscriber
         self.acknowledgement = acknowledgement
-        self.end_marker = end
+        self.ends = end
         self.on_acknowledged = on_acknowledged
         self.arrived = subscriber.arrived
         self.deflate = deflate  # compressed bytes: parsed as they come
-        self.chunks: list[tuple[float, bytes]] = []  # (arrival time in ms, bytes read)
+        self.chunks: list[tuple[float, memoryview]] = []  # (arrival time in ms, bytes read)
+        self.arena = bytearray(ARENA)
+        self.used = 0  # bytes of the arena read into
         self.tail = b""
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -348,19 +384,31 @@ class SubscriberSocket(WsClient):
         self.conn.send_request(self.conn.connect())
         self.flush()
 
-    def data_received(self, data: bytes) -> None:
+    def prepare(self) -> None:
+        arena = bytearray(ARENA)
+        arena[::PAGE] = b"\x01" * len(range(0, ARENA, PAGE))
+        self.arena, self.used = arena, 0
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if ARENA - self.used < MIN_READ:  # the one before stays, held by its chunks
+            self.arena, self.used = bytearray(ARENA), 0
+        return memoryview(self.arena)[self.used :]
+
+    def buffer_updated(self, nbytes: int) -> None:
         now = time.time() * 1000
+        arena, start = self.arena, self.used
+        end = self.used = start + nbytes
         if self.subscriber.acknowledged and not self.deflate:
             # Kept as it came, parsed after the run (see the module docstring); the run's
             # end is spotted in the bytes (a marker may straddle two reads).
-            self.chunks.append((now, data))
+            self.chunks.append((now, memoryview(arena)[start:end]))
             self.subscriber.received += 1
-            seam = self.tail + data[:MARKER_SIZE]
-            if self.end_marker.search(data) or self.end_marker.search(seam):
+            seam = self.tail + arena[start : start + MARKER_SIZE]
+            if self.ends(arena, start, end) or self.ends(seam):
                 self.end(None)
-            self.tail = data[-MARKER_SIZE:]
+            self.tail = bytes(arena[max(start, end - MARKER_SIZE) : end])
             return
-        self.parse(now, data)
+        self.parse(now, bytes(arena[start:end]))
         self.flush()
 
     def parse(self, now: float, data: bytes) -> None:
@@ -380,7 +428,7 @@ class SubscriberSocket(WsClient):
     def parse_chunks(self) -> None:
         """The bytes kept during the run, each message with its chunk's arrival time."""
         for now, data in self.chunks:
-            self.parse(now, data)
+            self.parse(now, bytes(data))
         self.chunks.clear()
 
     def on_message(self, now: float, raw: str) -> None:
@@ -388,7 +436,7 @@ class SubscriberSocket(WsClient):
         if subscriber.acknowledged:
             self.arrived.append((now, raw))
             subscriber.received += 1
-            if self.end_marker.search(raw.encode()):
+            if self.ends(raw.encode()):
                 self.end(None)
             elif PING_MARKER in raw and orjson.loads(raw).get("type") == "ping":
                 self.send({"type": "pong"})
@@ -411,6 +459,8 @@ class SubscriberSocket(WsClient):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if not self.finished.done():  # the server's close frame, if any, says why
+            self.parse_chunks()
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"lost during the handshake: {exc}"))
         self.end(f"connection lost ({exc})")
@@ -425,9 +475,9 @@ async def subscribe_and_read(
     on_acknowledged: Callable[[], None],
 ) -> None:
     """Connect, subscribe (or join), then read until the run's terminal frame."""
-    path, end = "/ws", NATIVE_END
+    path, end = "/ws", ends_native
     if args.mode == "threadstream":
-        path, end = f"/langgraph/threads/{thread_id}/stream/events", THREAD_END
+        path, end = f"/langgraph/threads/{thread_id}/stream/events", ends_thread
         params = {"channels": ["messages", "tools", "lifecycle"]}
         request: dict[str, Any] = {"id": 1, "method": "subscription.subscribe", "params": params}
         acknowledgement = "success"
@@ -442,6 +492,7 @@ async def subscribe_and_read(
 
     uri = url.replace("http://", "ws://") + path
     socket_ = SubscriberSocket(subscriber, uri, args.deflate, acknowledgement, acknowledged, end)
+    subscriber.prepare = socket_.prepare
     await gate.acquire()
     try:
         loop = asyncio.get_running_loop()
@@ -580,6 +631,20 @@ async def wait_for_subscribers(
         sampling.cancel()
 
 
+async def settle(subscribers: list[Subscriber], args: argparse.Namespace) -> None:
+    """Wait until no subscriber has received anything for ``QUIET`` seconds: every join's
+    presence told to every member, so that the run is measured on its own."""
+    deadline = time.monotonic() + min(args.timeout, time_left(args))
+    received = -1
+    while time.monotonic() < deadline:
+        now = sum(s.received for s in subscribers)
+        if now == received:
+            return
+        received = now
+        await asyncio.sleep(QUIET)
+    raise RuntimeError("the room's presence did not settle within the time limit")
+
+
 def why_incomplete(s: Subscriber, run_id: str, last_seq: int, frames: int) -> str | None:
     runs = {run_id, THREAD_RUN}
     if s.terminal == "done" and not s.gaps and s.run_ids <= runs and s.frames == frames:
@@ -643,10 +708,23 @@ async def measure(
             ) from None
         finally:
             waiter.cancel()
+        if args.mode == "join":  # the presence of the last joins is still being told
+            await settle(subscribers, args)
+        # The client's collector stays out of the run: a full collection over what a
+        # thousand subscribers hold took a quarter of a second at times.
+        for subscriber in subscribers:
+            subscriber.prepare()
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         before = counters(a, b)
-        started = time.time()
-        run_id = await start_run_on(a, thread_id, http)
-        after, cut = await wait_for_subscribers(subscribers, tasks, a, b, args)
+        try:
+            started = time.time()
+            run_id = await start_run_on(a, thread_id, http)
+            after, cut = await wait_for_subscribers(subscribers, tasks, a, b, args)
+        finally:
+            gc.enable()
+            gc.unfreeze()
         elapsed = after[0] - started
         names = ("client", "A", "B", "redis")
         cpu = {name: y - x for name, x, y in zip(names, before[1:], after[1:], strict=True)}

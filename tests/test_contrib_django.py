@@ -195,6 +195,24 @@ async def test_cancel_resume_and_bad_input(state: AppState) -> None:
     await alice.disconnect()
 
 
+async def test_a_large_room_over_the_channel_layer_lists_members_to_joiners(
+    state: AppState,
+) -> None:
+    """Past ``presence_members_max`` a group's presence carries the count; only the
+    joiner's own ``join`` lists the members (as on /ws, docs/protocol.md)."""
+    state.connections.presence_members_max = 1
+    a, b = await connect(ALICE), await connect(BOB)
+    await send(a, type="join", thread_id="dj-big")
+    first = await anext(messages(a))
+    assert (first["count"], len(first["members"])) == (1, 1)
+    await send(b, type="join", thread_id="dj-big")
+    own, seen = await anext(messages(b)), await anext(messages(a))
+    assert (own["client_id"], own["count"], len(own["members"])) == (seen["client_id"], 2, 2)
+    assert (seen["event"], seen["count"], "members" in seen) == ("join", 2, False)
+    for communicator in (a, b):
+        await communicator.disconnect()
+
+
 async def test_a_room_over_the_channel_layer(state: AppState) -> None:
     sockets = [await connect(ALICE) for _ in range(3)]
     for communicator in sockets:

@@ -36,8 +36,8 @@ from collections import OrderedDict
 from typing import Any
 
 from agent_server.auth import User
-from agent_server.connections import SendText, frames_message, presence_message
-from agent_server.frames import TERMINAL_TYPES, dumps
+from agent_server.connections import SendText, frames_message, presence_message, presence_texts
+from agent_server.frames import TERMINAL_TYPES
 from agent_server.runs import RemoteRun, Run
 from agent_server.state import AppState
 from agent_server.streams import Streams
@@ -167,10 +167,11 @@ class GroupSession(Session):
 
     async def announce(self, thread_id: str, event: str) -> None:
         message = presence_message(thread_id, self.connection, event)
-        message["members"] = await self.connections.member_list(thread_id)
+        members = await self.connections.member_list(thread_id)
+        text, own = presence_texts([message], members, self.connections.presence_members_max)
         await self.layer.group_send(
             group_name(thread_id),
-            {"type": PRESENCE, "thread_id": thread_id, "text": dumps(message).decode()},
+            {"type": PRESENCE, "thread_id": thread_id, "text": text, "own": own},
         )
 
     async def end(self) -> None:
@@ -219,7 +220,7 @@ class GroupSession(Session):
     async def present(self, event: dict[str, Any]) -> None:
         """A ``presence`` message from a room's group (thread subscribers skip it)."""
         if event["thread_id"] in self.connection.rooms and not self.closed:
-            await self.forward(event["text"])
+            await self.forward(event.get("own", {}).get(self.connection.client_id, event["text"]))
 
     async def forward(self, text: str) -> None:
         try:

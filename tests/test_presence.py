@@ -1,0 +1,140 @@
+"""Presence in rooms: a storm of joins told in few messages, large rooms without a
+member list in every event, and presence across workers through a real Redis
+(agent_server/connections.py, ``ConnectionManager.announce``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from agent_server.auth import User
+from agent_server.brokers import Broker, open_broker
+from agent_server.connections import Connection, ConnectionManager
+from agent_server.fanout import Hubs
+from agent_server.streams import Streams
+from tests.services import redis_prefix
+
+
+class Inbox:
+    """A socket's received messages; an array (several events at once) counts once."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def send_text(self, text: str) -> None:
+        await asyncio.sleep(0)  # a write lets the loop run, as a socket's may
+        self.messages.append(json.loads(text))
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [e for m in self.messages for e in (m if isinstance(m, list) else [m])]
+
+
+def member(manager: ConnectionManager, name: str) -> tuple[Connection, Inbox]:
+    inbox = Inbox()
+    connection = Connection(send_text=inbox.send_text, user=User(name))
+    manager.add(connection)
+    return connection, inbox
+
+
+def manager(broker: Broker | None = None, worker: str = "w", **options: Any) -> ConnectionManager:
+    return ConnectionManager(broker, worker, hubs=Hubs(Streams()), **options)
+
+
+async def settled(*managers: ConnectionManager) -> None:
+    """Until no room has presence waiting to be told."""
+    async with asyncio.timeout(10):
+        while any(m.announcing for m in managers):
+            await asyncio.sleep(0.01)
+
+
+async def test_a_storm_of_joins_reaches_every_member_in_order_in_few_messages() -> None:
+    rooms = manager()
+    members = [member(rooms, f"user{i}") for i in range(60)]
+    await asyncio.gather(*(rooms.join(connection, "t") for connection, _ in members))
+    await settled(rooms)
+    order = [e["client_id"] for e in members[0][1].events if e["event"] == "join"]
+    assert sorted(order) == sorted(c.client_id for c, _ in members)  # every join, once
+    for connection, inbox in members:
+        joins = [e["client_id"] for e in inbox.events if e["event"] == "join"]
+        # Each member hears the joins from (at the latest) its own to the last, in the
+        # same order as everyone (one told with its own may have come just before it).
+        assert connection.client_id in joins and joins == order[order.index(joins[0]) :]
+        assert inbox.events[-1]["count"] == 60 and len(inbox.events[-1]["members"]) == 60
+    # Joins that came while a delivery was under way went out together.
+    assert len(members[0][1].messages) < len(members[0][1].events)
+    assert rooms.announcing == {}
+
+
+async def test_a_large_room_lists_its_members_only_to_each_joiner() -> None:
+    rooms = manager(presence_members_max=3)
+    members = [member(rooms, f"user{i}") for i in range(5)]
+    for connection, _ in members:
+        await rooms.join(connection, "t")
+    first, last = members[0][1].events, members[4][1].events
+    # While the room has at most 3 members every event lists them; then only the count.
+    assert [len(e.get("members", ())) for e in first] == [1, 2, 3, 0, 0]
+    assert [e["count"] for e in first] == [1, 2, 3, 4, 5]
+    # A joiner's own join lists the room as it found it: its starting point.
+    assert len(last) == 1 and last[0]["count"] == 5
+    assert {m["client_id"] for m in last[0]["members"]} == {c.client_id for c, _ in members}
+    await rooms.remove(members[0][0])
+    left = members[4][1].events[-1]
+    assert (left["event"], left["count"], "members" in left) == ("leave", 4, False)
+
+
+async def test_a_member_that_cannot_take_presence_does_not_keep_it_from_others() -> None:
+    rooms = manager()
+    stuck = asyncio.Event()
+
+    async def never(text: str) -> None:
+        await stuck.wait()
+
+    slow = Connection(send_text=never, user=User("slow"), send_timeout=0.2)
+    rooms.add(slow)
+    await rooms.join(slow, "t")
+    fine, inbox = member(rooms, "fine")
+    await rooms.join(fine, "t")  # told to both; the slow one's send times out
+    assert [e["event"] for e in inbox.events] == ["join"]
+    assert inbox.events[0]["count"] == 2
+
+
+@pytest.fixture
+async def shared() -> AsyncIterator[tuple[Broker, Broker]]:
+    with redis_prefix() as (url, prefix):
+        brokers = (open_broker(url, prefix=prefix), open_broker(url, prefix=prefix))
+        yield brokers
+        for broker in brokers:
+            await broker.close()
+
+
+async def test_a_storm_of_joins_over_two_workers_through_redis(
+    shared: tuple[Broker, Broker],
+) -> None:
+    managers = [manager(broker, worker=f"w{i}") for i, broker in enumerate(shared)]
+    relays = [asyncio.create_task(m.relay_presence()) for m in managers]
+    try:
+        await asyncio.sleep(0.2)  # both subscribed to the presence channel
+        members = [member(managers[i % 2], f"user{i}") for i in range(40)]
+        await asyncio.gather(
+            *(managers[i % 2].join(connection, "t") for i, (connection, _) in enumerate(members))
+        )
+        everyone = {c.client_id for c, _ in members}
+        async with asyncio.timeout(10):  # every member hears the last join
+            while not all(inbox.events and inbox.events[-1]["count"] == 40 for _, inbox in members):
+                await asyncio.sleep(0.02)
+        await settled(*managers)
+        for connection, inbox in members:
+            joins = [e["client_id"] for e in inbox.events]
+            assert len(joins) == len(set(joins)) and connection.client_id in joins
+            assert {m["client_id"] for m in inbox.events[-1]["members"]} == everyone
+    finally:
+        for relay in relays:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
