@@ -290,10 +290,11 @@ class ConnectionManager:
                 del self.announcing[thread_id]
 
     async def _tell_waiting(self, thread_id: str, cost: float) -> None:
+        pace = self.hubs.streams.fanout_pace() if self.hubs is not None else None
         try:
             while waiting := self.announcing[thread_id]:
-                if self.hubs is not None:
-                    await self.hubs.streams.pace(cost)
+                if pace is not None:
+                    await pace.wait(cost)
                 events = list(waiting)
                 waiting.clear()
                 try:

@@ -90,6 +90,7 @@ class Hub:
     async def pump(self) -> None:
         streams = self.hubs.streams
         run = self.run
+        pace = streams.fanout_pace()
         try:
             with streams.stream():
                 async for batch in run.follow(self.position, max_batch=streams.max_batch):
@@ -97,7 +98,7 @@ class Hub:
                     if not self.members:
                         return
                     if not run.finished:
-                        await streams.pace(cost)
+                        await pace.wait(cost)
         except StreamError as exc:
             message = {"type": "error", "code": exc.code, "message": str(exc), "run_id": run.run_id}
             for member in list(self.members.values()):

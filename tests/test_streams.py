@@ -5,6 +5,7 @@ in proportion to what its delivery took, and lets the loop run between slices of
 from __future__ import annotations
 
 import asyncio
+import time
 
 from agent_server.fanout import Hub, Hubs, Member
 from agent_server.frames import Encoded
@@ -60,6 +61,36 @@ def test_a_costly_fan_out_waits_in_proportion_within_its_bound() -> None:
     assert streams.window(0.01) == streams.fanout_wait_max == 0.025  # the lag it may add
     streams.pacing = 1000
     assert streams.window(0.002) == 0.05  # a wider window under load stays
+
+
+def test_a_fan_out_takes_more_of_an_idle_loop() -> None:
+    """While the rest of the worker leaves the loop idle (a model's pace), a fan-out may
+    take up to ``fanout_share_max`` of it; as the rest's share grows, less, down to
+    ``fanout_share`` when it is busy (a fast model)."""
+    streams = Streams(flush_interval=0.002)
+    share = streams.fanout_share_max
+    assert abs(streams.window(0.002, others=0.0) - 0.002 * (1 / share - 1)) < 1e-9
+    assert abs(streams.window(0.002, others=0.7) - 0.002 * (1 / 0.2 - 1)) < 1e-9
+    assert abs(streams.window(0.002, others=0.95) - 0.018) < 1e-9
+    assert streams.window(0.002) == streams.window(0.002, others=1.0)  # unknown: busy
+
+
+async def test_a_fan_out_pace_sees_what_the_rest_of_the_worker_does() -> None:
+    """:class:`FanoutPace` measures the loop thread's CPU time besides the deliveries:
+    with a task burning the loop between two deliveries it waits longer than with an
+    idle loop."""
+    streams = Streams(flush_interval=0.0)
+    waits: list[float] = []
+    streams.window = lambda cost, others=1.0: waits.append(others) or 0.0  # type: ignore[method-assign]
+    pace = streams.fanout_pace()
+    await asyncio.sleep(0.05)  # idle
+    await pace.wait(0.0)
+    end = time.perf_counter() + 0.05
+    while time.perf_counter() < end:  # the run, busy
+        pass
+    await pace.wait(0.0)
+    idle, busy = waits
+    assert idle < 0.3 < 0.7 < busy
 
 
 async def test_a_hub_yields_to_the_loop_while_it_delivers() -> None:

@@ -150,6 +150,7 @@ class RunFeed:
 
     async def pump(self, streams: Streams, translator: RunTranslator) -> None:
         run = self.run
+        pace = streams.fanout_pace()
         try:
             with streams.stream():
                 async for entries in run.follow(0, max_batch=streams.max_batch, parts=True):
@@ -162,7 +163,7 @@ class RunFeed:
                         cost = await self.hand_over(start, streams) if self.direct else 0.0
                         self.wake()
                         if not run.finished:  # a fan-out: paced by what handing over took
-                            await streams.pace(cost)
+                            await pace.wait(cost)
                     if not self.readers:
                         return
             self.complete = True
