@@ -273,7 +273,7 @@ class ConnectionManager:
         waited go out together as one message, written to every member with the same
         bytes (see :meth:`_tell`). The first event after a quiet spell is told at once,
         before this returns; the rest follow from a task, paced as a run's fan-out is
-        (docs/performance.md, "A room of 1,000")."""
+        (docs/performance.md, "Rooms of 1,000")."""
         thread_id = message["thread_id"]
         waiting = self.announcing.get(thread_id)
         if waiting is not None:
@@ -299,7 +299,7 @@ class ConnectionManager:
                 waiting.clear()
                 try:
                     cost = await self._tell(thread_id, events)
-                except Exception:  # the broker's member list (it says so itself): the next
+                except Exception:  # the broker's member list failed: go on with the next
                     logger.exception("presence on thread %s was not told", thread_id)
         finally:
             del self.announcing[thread_id]

@@ -63,6 +63,7 @@ class Streams:
     fanout_share_max: float = 0.35  # of the loop, when the rest of the worker is idle
     fanout_wait_max: float = 0.025
     fanout_slice: int = 64  # sockets written to between two yields to the loop
+    fanout_slice_time: float = 0.0005  # or seconds of writes, if that comes first
     max_lag: int = 10_000
     max_batch: int = 512
     send_timeout: float = 10.0
@@ -103,7 +104,7 @@ class Streams:
 
     def delivery(self) -> Delivery:
         """The bookkeeping of one fan-out delivery (see :class:`Delivery`)."""
-        return Delivery(self.fanout_slice)
+        return Delivery(self.fanout_slice, self.fanout_slice_time)
 
     def fanout_pace(self) -> FanoutPace:
         """The waits between one fan-out's deliveries (see :class:`FanoutPace`)."""
@@ -135,13 +136,16 @@ class FanoutPace:
 
 class Delivery:
     """One fan-out delivery's slices and loop time: :meth:`step` before each socket
-    yields to the loop every ``size`` sockets, and :attr:`busy` is the time the
-    delivery itself took, the yields left out (what :meth:`Streams.pace` is given)."""
+    yields to the loop every ``size`` sockets, or sooner once a slice has taken
+    ``duration`` seconds (where writes are slow, a run's next token waits for no more
+    than that), and :attr:`busy` is the time the delivery itself took, the yields left
+    out (what :meth:`Streams.pace` is given)."""
 
-    __slots__ = ("_count", "_size", "_spent", "_started")
+    __slots__ = ("_count", "_duration", "_size", "_spent", "_started")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, duration: float = float("inf")) -> None:
         self._size = size
+        self._duration = duration
         self._count = 0
         self._spent = 0.0
         self._started = time.perf_counter()
@@ -149,9 +153,11 @@ class Delivery:
     async def step(self) -> bool:
         """Count one socket; True if the loop ran meanwhile (a socket may have gone)."""
         self._count += 1
-        if self._count % self._size:
+        now = time.perf_counter()
+        if self._count < self._size and now - self._started < self._duration:
             return False
-        self._spent += time.perf_counter() - self._started
+        self._count = 0
+        self._spent += now - self._started
         await asyncio.sleep(0)
         self._started = time.perf_counter()
         return True

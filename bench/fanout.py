@@ -21,9 +21,11 @@ It prints, per N:
 - delivery lag, for every frame at every subscriber: the time the client parsed it
   minus the frame's ``ts`` (set by A; one machine, one clock; ``ts`` is whole ms, so a
   lag carries up to +1 ms of rounding), p50 and p99 for A's and B's subscribers apart.
-  Once subscribed, a client keeps each message with its arrival time and parses it
-  after the run: parsing half a million frames (N = 1000) in this one process would
-  otherwise queue the arrivals behind it and count the client's own work as lag;
+  Once subscribed, a client keeps each read with its arrival time and parses it after
+  the run: parsing half a million frames (N = 1000) in this one process would
+  otherwise queue the arrivals behind it and count the client's own work as lag. For
+  the same reason it reads into memory touched before the run, looks for the run's end
+  in a read's tail only, and keeps the collector off during the run;
 - how long the run itself took on A (``done.ts - run_start.ts``), and the CPU seconds
   spent meanwhile by this client, by A, by B and by the Redis server (all of it, from
   ``INFO cpu``), each also as a share of the wall time; a share of 85 % or more is
@@ -41,8 +43,9 @@ script exits with status 1 after the last row.
 (``?max_connections=`` on ``AGENT_SERVER_BROKER_URL``; redis-py's default is 100): every
 subscriber of a run executing elsewhere holds one connection in ``XREAD BLOCK``.
 ``--mode join`` joins the thread's room instead of subscribing: the same frames, plus
-``presence`` to every member on each join, i.e. O(N^2) messages while subscribing; it is
-there to measure that, not for large N. ``--mode threadstream`` subscribes through the
+``presence`` to every member on each join (O(N^2) events while subscribing, coalesced
+by the server into far fewer messages); the run starts once no presence has come for
+``QUIET`` seconds. ``--mode threadstream`` subscribes through the
 LangGraph API's thread stream instead (``/langgraph/threads/{T}/stream/events`` over
 WebSocket: the ``messages``, ``tools`` and ``lifecycle`` channels, one event per message,
 lag from each event's ``timestamp``). ``--deflate`` offers permessage-deflate as

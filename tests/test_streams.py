@@ -9,7 +9,7 @@ import time
 
 from agent_server.fanout import Hub, Hubs, Member
 from agent_server.frames import Encoded
-from agent_server.streams import Streams
+from agent_server.streams import Delivery, Streams
 
 
 def test_window_widens_with_streams_pacing_and_is_capped() -> None:
@@ -131,3 +131,17 @@ async def test_a_hub_yields_to_the_loop_while_it_delivers() -> None:
     assert all(messages == ['[{"seq":1},{"seq":2}]'] for messages in got.values())
     assert len(got) == members
     assert all(member.after == 2 for member in hub.members.values())
+
+
+async def test_a_delivery_slice_ends_after_its_time_where_writes_are_slow() -> None:
+    """Where each write is slow, a slice ends after ``duration`` seconds, not after
+    ``size`` sockets: the run's next token waits for no more than that."""
+    delivery = Delivery(size=64, duration=0.002)
+    yields = []
+    for _ in range(12):
+        yields.append(await delivery.step())
+        end = time.perf_counter() + 0.001  # a slow write
+        while time.perf_counter() < end:
+            pass
+    assert sum(yields) >= 3  # every second or third socket (by count: never)
+    assert delivery.busy >= 0.012
