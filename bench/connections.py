@@ -131,6 +131,9 @@ class WsClient(asyncio.BaseProtocol):
             self.conn.send_text(json.dumps(message).encode())
             self.flush()
 
+    def eof_received(self) -> bool | None:  # as asyncio.Protocol's: the transport closes
+        return None
+
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
         for event in self.conn.events_received():
