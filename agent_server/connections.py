@@ -5,6 +5,18 @@ socket by client id and every room (a room is a thread) by member. It is the one
 that knows who is connected, so it is also where cleanup happens: :meth:`remove` drops a
 client from every table and cancels its tasks, whatever way the socket ended. Tests
 assert the tables are empty after many sockets come and go.
+
+Presence (docs/protocol.md, "Presence"), decided for rooms of a thousand members:
+
+- A room's events are told one delivery at a time. Those that arrive while one is under
+  way wait for the next and go out together, as one message framed once for every
+  member, paced like a run's fan-out (agent_server/fanout.py). The first event after a
+  quiet spell goes out at once.
+- Every event carries the room's ``count``; the member list only while the room has at
+  most ``presence_members_max`` members, and else only in a joiner's own ``join``. A
+  list in every event to every member is O(N^2) bytes a join.
+- A socket that cannot take a message now gets it, and those after it, in order from a
+  task of its own (:meth:`Connection.later`): it delays no other member.
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,7 +53,7 @@ class Follower(Protocol):
 
 
 def presence_message(thread_id: str, connection: Connection, event: str) -> dict[str, Any]:
-    """A ``presence`` message without its ``members`` (each transport adds those)."""
+    """A ``presence`` message without ``count`` and ``members`` (see :func:`presence_texts`)."""
     return {
         "type": "presence",
         "thread_id": thread_id,
@@ -52,26 +64,32 @@ def presence_message(thread_id: str, connection: Connection, event: str) -> dict
 
 
 def presence_texts(
-    events: list[dict[str, Any]], members: list[dict[str, Any]], members_max: int
+    events: list[dict[str, Any]],
+    members: list[dict[str, Any]],
+    members_max: int,
+    joiners: Container[str] = (),
 ) -> tuple[str, dict[str, str]]:
-    """The message telling a room's members ``events``, and a joiner's own copy of it by
-    client id: each event says how many members the room has (``count``) and, while
-    they are at most ``members_max``, lists them (``members``). In a larger room a list
-    in every event to every member would be O(N^2) bytes a join, so only a joiner's
-    own ``join`` lists them (its starting point; the events after keep it current)."""
+    """The message telling a room's members ``events``, and the copy of it for each
+    joiner among ``joiners`` (client ids) whose own ``join`` is in it: each event says
+    how many members the room has (``count``) and, while they are at most
+    ``members_max``, lists them (``members``). In a larger room only a joiner's own
+    ``join`` lists them, in its copy: its starting point, which the events after keep
+    current."""
     count = len(members)
     listed = count <= members_max
-    told = [
-        {**event, "count": count, **({"members": members} if listed else {})} for event in events
-    ]
+    told = [{**event, "count": count} for event in events]
+    if listed:
+        for event in told:
+            event["members"] = members
+    encoded = [dumps(event) for event in told]
     own: dict[str, str] = {}
     if not listed:
-        for index, event in enumerate(events):
-            if event["event"] == "join":
-                copy = list(told)
-                copy[index] = {**told[index], "members": members}
-                own[event["client_id"]] = frames_message([dumps(e) for e in copy])
-    return frames_message([dumps(event) for event in told]), own
+        for index, event in enumerate(told):
+            if event["event"] == "join" and event["client_id"] in joiners:
+                copy = list(encoded)
+                copy[index] = dumps({**event, "members": members})
+                own[event["client_id"]] = frames_message(copy)
+    return frames_message(encoded), own
 
 
 def member_info(connection: Connection) -> dict[str, Any]:
@@ -135,6 +153,8 @@ class Connection:
     # writes a fan-out's ready-framed message without waiting (agent_server/ws_protocol.py),
     # where the server offers it
     send_shared: SendShared | None = None
+    # messages waiting for this socket to take them, sent in order by a task (later())
+    backlog: list[str] | None = None
 
     @property
     def user_id(self) -> str | None:
@@ -156,6 +176,25 @@ class Connection:
 
     def spawn(self, coroutine: Awaitable[None], name: str) -> asyncio.Task[None]:
         return spawn_into(self.tasks, coroutine, f"{name} [{self.client_id}]")
+
+    def later(self, text: str) -> None:
+        """Send ``text`` after the messages already waiting, from a task of this socket:
+        one that cannot take a message now delays no other socket. If a send fails or
+        times out (``send_timeout``), what waits is dropped: the socket is gone or too
+        slow, and its own handler deals with it."""
+        if self.backlog is None:
+            self.backlog = []
+            self.spawn(self._send_backlog(), "backlog")
+        self.backlog.append(text)
+
+    async def _send_backlog(self) -> None:
+        try:
+            while self.backlog:
+                await self.send(self.backlog.pop(0))
+        except Exception:
+            logger.debug("dropped what waited for client %s", self.client_id, exc_info=True)
+        finally:
+            self.backlog = None
 
 
 class ConnectionManager:
@@ -183,8 +222,8 @@ class ConnectionManager:
         # thread id -> presence waiting for the room's delivery under way (see announce)
         self.announcing: dict[str, list[dict[str, Any]]] = {}
 
-    def spawn(self, coroutine: Awaitable[None], name: str) -> None:
-        spawn_into(self.tasks, coroutine, name)
+    def spawn(self, coroutine: Awaitable[None], name: str) -> asyncio.Task[None]:
+        return spawn_into(self.tasks, coroutine, name)
 
     def add(self, connection: Connection) -> None:
         self.clients[connection.client_id] = connection
@@ -266,14 +305,9 @@ class ConnectionManager:
         await self.announce(message)
 
     async def announce(self, message: dict[str, Any]) -> None:
-        """Tell this worker's members of a room one presence event.
-
-        A room's events are told one delivery at a time: an event that comes while one
-        is under way (the storm of a thousand joins) waits for the next, and all that
-        waited go out together as one message, written to every member with the same
-        bytes (see :meth:`_tell`). The first event after a quiet spell is told at once,
-        before this returns; the rest follow from a task, paced as a run's fan-out is
-        (docs/performance.md, "Rooms of 1,000")."""
+        """Tell this worker's members of a room one presence event (see the module
+        docstring): at once, before this returns, if the room has no delivery under
+        way; else with the next one."""
         thread_id = message["thread_id"]
         waiting = self.announcing.get(thread_id)
         if waiting is not None:
@@ -285,15 +319,39 @@ class ConnectionManager:
             cost = await self._tell(thread_id, [message])
         finally:
             if waiting:
-                self.spawn(self._tell_waiting(thread_id, cost), f"presence-{thread_id}")
+                self._drain(thread_id, waiting, cost)
             else:
                 del self.announcing[thread_id]
 
-    async def _tell_waiting(self, thread_id: str, cost: float) -> None:
+    def relay(self, message: dict[str, Any]) -> None:
+        """:meth:`announce` for the presence relay, which must not wait for a delivery:
+        the events that arrive meanwhile are the ones to coalesce."""
+        thread_id = message["thread_id"]
+        waiting = self.announcing.get(thread_id)
+        if waiting is not None:
+            waiting.append(message)
+        else:
+            waiting = self.announcing[thread_id] = [message]
+            self._drain(thread_id, waiting, None)
+
+    def _drain(self, thread_id: str, waiting: list[dict[str, Any]], cost: float | None) -> None:
+        task = self.spawn(self._tell_waiting(thread_id, waiting, cost), f"presence-{thread_id}")
+
+        def forget(_: asyncio.Task[None]) -> None:  # cancelled before it ran (shutdown)
+            if self.announcing.get(thread_id) is waiting:
+                del self.announcing[thread_id]
+
+        task.add_done_callback(forget)
+
+    async def _tell_waiting(
+        self, thread_id: str, waiting: list[dict[str, Any]], cost: float | None
+    ) -> None:
+        """Tell what waits, a delivery at a time, until nothing does (``cost``: what
+        the delivery before took; None: there was none, tell at once)."""
         pace = self.hubs.streams.fanout_pace() if self.hubs is not None else None
         try:
-            while waiting := self.announcing[thread_id]:
-                if pace is not None:
+            while waiting:
+                if pace is not None and cost is not None:
                     await pace.wait(cost)
                 events = list(waiting)
                 waiting.clear()
@@ -301,8 +359,10 @@ class ConnectionManager:
                     cost = await self._tell(thread_id, events)
                 except Exception:  # the broker's member list failed: go on with the next
                     logger.exception("presence on thread %s was not told", thread_id)
+                    cost = 0.0
         finally:
-            del self.announcing[thread_id]
+            if self.announcing.get(thread_id) is waiting:
+                del self.announcing[thread_id]
 
     async def _tell(self, thread_id: str, events: list[dict[str, Any]]) -> float:
         """One delivery of presence events to the room's members here (as
@@ -311,7 +371,8 @@ class ConnectionManager:
         if not local:
             return 0.0
         members = await self.member_list(thread_id)
-        text, own = presence_texts(events, members, self.presence_members_max)
+        here = {connection.client_id for connection in local}
+        text, own = presence_texts(events, members, self.presence_members_max, here)
         return await self.tell(local, text, own)
 
     async def tell(
@@ -319,22 +380,26 @@ class ConnectionManager:
     ) -> float:
         """Send ``text`` to every connection (or its own text from ``own``, by client id),
         the shared text framed once for all (agent_server/ws_protocol.py); the seconds
-        of the loop that took. A socket that cannot take it now is sent it the usual
-        way, all of them at once, so that one slow socket delays no other."""
+        of the loop that took. A socket that cannot take it now gets it from a task of
+        its own (:meth:`Connection.later`), so that it delays no other."""
         delivery = self.hubs.streams.delivery() if self.hubs is not None else None
         shared: SharedFrames | None = None
-        later: list[tuple[Connection, str]] = []
         for connection in connections:
             if delivery is not None:
                 await delivery.step()
-            mine = own.get(connection.client_id) if own else None
-            if mine is None and connection.send_shared is not None:
-                shared = shared or SharedFrames([text.encode()])
-                if share(connection.send_shared, shared):
-                    continue
-            later.append((connection, text if mine is None else mine))
-        if later:
-            await asyncio.gather(*(self._try_send(c, message.encode()) for c, message in later))
+            message = own.get(connection.client_id, text) if own else text
+            if connection.backlog is None:  # nothing of its own waits: now, if it can
+                if message is text and connection.send_shared is not None:
+                    shared = shared or SharedFrames([text.encode()])
+                    if share(connection.send_shared, shared):
+                        continue
+                else:
+                    try:
+                        if await try_send(connection.send_text, message):
+                            continue
+                    except Exception:  # the socket is going: its handler cleans up
+                        continue
+            connection.later(message)
         return delivery.busy if delivery is not None else 0.0
 
     async def member_list(self, thread_id: str) -> list[dict[str, Any]]:
@@ -361,7 +426,7 @@ class ConnectionManager:
         async for raw in self.broker.presence():
             message = orjson.loads(raw)
             if message["thread_id"] in self.rooms:  # it has members here
-                await self.announce(message)
+                self.relay(message)
 
     # -- thread watchers (rooms and plain subscriptions) -----------------------------------
 

@@ -23,7 +23,7 @@ delivery every few tokens, the loop busy writing half the time and the run at ha
 speed. That share is only needed when the run keeps the loop busy: between a real
 model's tokens the loop is mostly idle, and there a fan-out may take up to
 ``fanout_share_max`` (35 %), which cut the lag to 1,000 watchers at 200 tokens a second
-from 36-72 to 18-25 ms at p99 for 2-4 % more run time (:class:`FanoutPace` measures the
+from 34-41 to 19-29 ms at p99 for about 3 % more run time (:class:`FanoutPace` measures the
 rest of the worker's share). The wait never exceeds ``fanout_wait_max`` (25 ms), which
 bounds the lag it adds; a handful of sockets deliver in microseconds and keep the usual
 window. A delivery yields to the loop every ``fanout_slice`` sockets, so the run's next
@@ -154,7 +154,9 @@ class Delivery:
         """Count one socket; True if the loop ran meanwhile (a socket may have gone)."""
         self._count += 1
         now = time.perf_counter()
-        if self._count < self._size and now - self._started < self._duration:
+        if self._count < self._size and (
+            self._count == 1 or now - self._started < self._duration
+        ):  # a slice writes to one socket at least, whatever the clock says
             return False
         self._count = 0
         self._spent += now - self._started

@@ -295,6 +295,7 @@ class Subscriber:
     arrived: list[tuple[float, str]] = field(default_factory=list)
     parse: Callable[[], None] = lambda: None  # its socket's bytes into ``arrived``
     prepare: Callable[[], None] = lambda: None  # its socket's reads into touched memory
+    close: Callable[[], None] = lambda: None  # its socket's
     terminal: str | None = None
     error: str | None = None  # why it stopped reading before the terminal frame
 
@@ -391,6 +392,10 @@ class SubscriberSocket(WsClient, asyncio.BufferedProtocol):
         arena = bytearray(ARENA)
         arena[::PAGE] = b"\x01" * len(range(0, ARENA, PAGE))
         self.arena, self.used = arena, 0
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if ARENA - self.used < MIN_READ:  # the one before stays, held by its chunks
@@ -508,8 +513,9 @@ async def subscribe_and_read(
     finally:
         if not subscriber.acknowledged:
             gate.release()
-        if socket_.transport is not None:
-            socket_.transport.abort()
+        # Closed once every subscriber is done (measure): a member leaving a room makes
+        # the server tell the others, who are still being measured.
+        subscriber.close = socket_.close
         subscriber.parse = socket_.parse_chunks
 
 
@@ -735,6 +741,8 @@ async def measure(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for subscriber in subscribers:
+            subscriber.close()
         for subscriber in subscribers:  # also when stopped: the figures cover what arrived
             subscriber.parse()
             read(subscriber, subscriber.arrived)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
+
+import pytest
 
 from agent_server.fanout import Hub, Hubs, Member
 from agent_server.frames import Encoded
@@ -75,22 +78,28 @@ def test_a_fan_out_takes_more_of_an_idle_loop() -> None:
     assert streams.window(0.002) == streams.window(0.002, others=1.0)  # unknown: busy
 
 
-async def test_a_fan_out_pace_sees_what_the_rest_of_the_worker_does() -> None:
-    """:class:`FanoutPace` measures the loop thread's CPU time besides the deliveries:
-    with a task burning the loop between two deliveries it waits longer than with an
-    idle loop."""
+async def test_a_fan_out_pace_sees_what_the_rest_of_the_worker_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """:class:`FanoutPace` takes the loop thread's CPU time besides the deliveries for
+    the rest of the worker's share: a loop idle between two deliveries leaves a fan-out
+    more of it than one kept busy (a clock of our own: a loaded machine's is noisy)."""
+    clock = {"wall": 0.0, "cpu": 0.0}
+    fake = types.SimpleNamespace(
+        perf_counter=lambda: clock["wall"], thread_time=lambda: clock["cpu"]
+    )
+    monkeypatch.setattr("agent_server.streams.time", fake)
     streams = Streams(flush_interval=0.0)
-    waits: list[float] = []
-    streams.window = lambda cost, others=1.0: waits.append(others) or 0.0  # type: ignore[method-assign]
+    others: list[float] = []
+    monkeypatch.setattr(streams, "pace", lambda cost, rest: others.append(rest) or asyncio.sleep(0))
     pace = streams.fanout_pace()
-    await asyncio.sleep(0.05)  # idle
-    await pace.wait(0.0)
-    end = time.perf_counter() + 0.05
-    while time.perf_counter() < end:  # the run, busy
-        pass
-    await pace.wait(0.0)
-    idle, busy = waits
-    assert idle < 0.3 < 0.7 < busy
+    clock["wall"], clock["cpu"] = 0.050, 0.002  # 2 ms of delivery in 50 ms, else idle
+    await pace.wait(0.002)
+    clock["wall"], clock["cpu"] = 0.100, 0.049  # 2 ms of delivery, 45 ms of a run
+    await pace.wait(0.002)
+    assert others == pytest.approx([0.0, 0.9])
+    idle, busy = (streams.window(0.002, rest) for rest in others)
+    assert busy == pytest.approx(0.018) and idle == pytest.approx(0.002 / 0.35 - 0.002)
 
 
 async def test_a_hub_yields_to_the_loop_while_it_delivers() -> None:

@@ -133,6 +133,9 @@ class GroupSession(Session):
         self.from_log: OrderedDict[str, None] = OrderedDict()
         # run id -> (batch number, last seq) forwarded from the group
         self.forwarded: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # the group's text of this session's own join in a large room -> its copy with
+        # the member list (the group carries no list: the layer copies a message per member)
+        self.own_presence: dict[str, str] = {}
 
     def follow(self, run: Run | RemoteRun, after: int = 0) -> None:
         _remember(self.from_log, run.run_id, None)
@@ -168,10 +171,12 @@ class GroupSession(Session):
     async def announce(self, thread_id: str, event: str) -> None:
         message = presence_message(thread_id, self.connection, event)
         members = await self.connections.member_list(thread_id)
-        text, own = presence_texts([message], members, self.connections.presence_members_max)
+        limit, me = self.connections.presence_members_max, self.connection.client_id
+        text, own = presence_texts([message], members, limit, (me,))
+        if me in own:
+            self.own_presence[text] = own[me]
         await self.layer.group_send(
-            group_name(thread_id),
-            {"type": PRESENCE, "thread_id": thread_id, "text": text, "own": own},
+            group_name(thread_id), {"type": PRESENCE, "thread_id": thread_id, "text": text}
         )
 
     async def end(self) -> None:
@@ -220,7 +225,8 @@ class GroupSession(Session):
     async def present(self, event: dict[str, Any]) -> None:
         """A ``presence`` message from a room's group (thread subscribers skip it)."""
         if event["thread_id"] in self.connection.rooms and not self.closed:
-            await self.forward(event.get("own", {}).get(self.connection.client_id, event["text"]))
+            text = event["text"]
+            await self.forward(self.own_presence.pop(text, text))
 
     async def forward(self, text: str) -> None:
         try:
