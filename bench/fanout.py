@@ -534,6 +534,7 @@ class Result:
     last_seq: int
     missing: dict[str, Counter[str]]  # side -> why its incomplete subscribers are
     cut: str  # why the wait ended before every subscriber finished, or ""
+    joined: float  # seconds from the first connect to the room's presence settled (join)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -695,6 +696,8 @@ async def measure(
         if acknowledged == len(subscribers):
             ready.set()
 
+    connecting = time.monotonic()
+    joined = 0.0
     tasks = [
         asyncio.create_task(
             subscribe_and_read(s, urls[s.side], thread_id, args, gate, on_acknowledged)
@@ -719,6 +722,7 @@ async def measure(
             waiter.cancel()
         if args.mode == "join":  # the presence of the last joins is still being told
             await settle(subscribers, args)
+            joined = time.monotonic() - connecting - QUIET
         # The client's collector stays out of the run: a full collection over what a
         # thousand subscribers hold took a quarter of a second at times.
         for subscriber in subscribers:
@@ -760,7 +764,9 @@ async def measure(
             missing[s.side][reason] += 1
     wall = max((s.last_at for s in subscribers), default=started) - started
     run_seconds = (finished[0].done_ts - finished[0].first_ts) / 1000 if finished else 0.0
-    return Result(label, subscribers, lags, wall, elapsed, run_seconds, cpu, last_seq, missing, cut)
+    return Result(
+        label, subscribers, lags, wall, elapsed, run_seconds, cpu, last_seq, missing, cut, joined
+    )
 
 
 def report(result: Result) -> None:
@@ -790,6 +796,8 @@ def report(result: Result) -> None:
         f"    CPU s   {listed} of {result.elapsed:.2f} s wall on {os.cpu_count()} cores; "
         f"saturated: {', '.join(busy) or 'none'}"
     )
+    if result.joined:
+        print(f"    joins   every member in and told of every other in {result.joined:.2f} s")
     if "client" in busy:
         print("    CLIENT CPU-BOUND: this client is the bottleneck; the figures are a lower bound")
     for side in "AB":
