@@ -161,6 +161,7 @@ async def open_state(
             await runs.drain(settings.shutdown_grace)
             if connections.heartbeats is not None:
                 await connections.heartbeats.stop()
+            await connections.close()
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:

@@ -225,6 +225,14 @@ class ConnectionManager:
     def spawn(self, coroutine: Awaitable[None], name: str) -> asyncio.Task[None]:
         return spawn_into(self.tasks, coroutine, name)
 
+    async def close(self) -> None:
+        """Stop the work done for many sockets at once (at the app's end: presence still
+        being told, other workers' runs still being followed)."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def add(self, connection: Connection) -> None:
         self.clients[connection.client_id] = connection
 

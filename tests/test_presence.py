@@ -158,3 +158,12 @@ async def test_a_storm_of_joins_over_two_workers_through_redis(
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
+
+
+async def test_presence_still_being_told_stops_with_the_manager() -> None:
+    rooms = manager(slice=1)
+    members = [member(rooms, f"user{i}") for i in range(10)]
+    await asyncio.gather(*(rooms.join(connection, "t") for connection, _ in members))
+    assert rooms.tasks  # a storm's presence is still being told
+    await rooms.close()
+    assert not rooms.tasks and rooms.announcing == {}
