@@ -174,6 +174,27 @@ async def test_interrupt_and_resume(url: str) -> None:
         assert (error["type"], error["code"]) == ("error", "not_interrupted")
 
 
+async def test_a_large_room_tells_the_count_and_lists_members_to_joiners(
+    app_and_url: tuple[Any, str], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``presence_members_max`` only a joiner's own ``join`` lists the members; every
+    presence message carries the room's ``count`` (docs/protocol.md, "Presence"), here
+    and, with Redis, across workers."""
+    connections = app_and_url[0].state.agent_server.connections
+    monkeypatch.setattr(connections, "presence_members_max", 1)  # this test's only
+    async with connect(url) as a, connect(url) as b:
+        await a.send(json.dumps({"type": "join", "thread_id": "big-room"}))
+        first = await anext(messages(a))
+        assert (first["count"], len(first["members"])) == (1, 1)
+        await b.send(json.dumps({"type": "join", "thread_id": "big-room"}))
+        own, seen = await anext(messages(b)), await anext(messages(a))
+        assert (own["event"], own["count"], len(own["members"])) == ("join", 2, 2)
+        assert (seen["client_id"], seen["count"], "members" in seen) == (own["client_id"], 2, False)
+        await b.send(json.dumps({"type": "leave", "thread_id": "big-room"}))
+        left = await anext(messages(a))
+        assert (left["event"], left["count"], "members" in left) == ("leave", 1, True)
+
+
 async def test_room_of_three(url: str) -> None:
     async with connect(url) as a, connect(url) as b, connect(url) as c:
         for ws in (a, b, c):
