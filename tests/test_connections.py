@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from agent_server.auth import User
 from agent_server.connections import Connection, ConnectionManager, frames_message
 
 
 class Inbox:
+    """A socket's received messages (one that takes each at once); an array (several
+    messages at once) counts once."""
+
     def __init__(self) -> None:
-        self.messages: list[dict] = []  # type: ignore[type-arg]
+        self.messages: list[Any] = []
 
     async def send_text(self, text: str) -> None:
         self.messages.append(json.loads(text))
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The messages with arrays unpacked."""
+        return [e for m in self.messages for e in (m if isinstance(m, list) else [m])]
 
 
 def client(manager: ConnectionManager, name: str) -> tuple[Connection, Inbox]:

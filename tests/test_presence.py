@@ -18,27 +18,7 @@ from agent_server.connections import Connection, ConnectionManager
 from agent_server.fanout import Hubs
 from agent_server.streams import Streams
 from tests.services import redis_prefix
-
-
-class Inbox:
-    """A socket's received messages; an array (several events at once) counts once."""
-
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def send_text(self, text: str) -> None:  # a socket that can take it at once
-        self.messages.append(json.loads(text))
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return [e for m in self.messages for e in (m if isinstance(m, list) else [m])]
-
-
-def member(manager: ConnectionManager, name: str) -> tuple[Connection, Inbox]:
-    inbox = Inbox()
-    connection = Connection(send_text=inbox.send_text, user=User(name))
-    manager.add(connection)
-    return connection, inbox
+from tests.test_connections import client
 
 
 def manager(
@@ -59,7 +39,7 @@ async def settled(*managers: ConnectionManager) -> None:
 
 async def test_a_storm_of_joins_reaches_every_member_in_order_in_few_messages() -> None:
     rooms = manager(slice=4)
-    members = [member(rooms, f"user{i}") for i in range(60)]
+    members = [client(rooms, f"user{i}") for i in range(60)]
     await asyncio.gather(*(rooms.join(connection, "t") for connection, _ in members))
     await settled(rooms)
     order = [e["client_id"] for e in members[0][1].events if e["event"] == "join"]
@@ -77,7 +57,7 @@ async def test_a_storm_of_joins_reaches_every_member_in_order_in_few_messages() 
 
 async def test_a_large_room_lists_its_members_only_to_each_joiner() -> None:
     rooms = manager(presence_members_max=3)
-    members = [member(rooms, f"user{i}") for i in range(5)]
+    members = [client(rooms, f"user{i}") for i in range(5)]
     for connection, _ in members:
         await rooms.join(connection, "t")
     first, last = members[0][1].events, members[4][1].events
@@ -107,9 +87,9 @@ async def test_a_member_that_cannot_take_presence_delays_no_other() -> None:
     slow = Connection(send_text=stuck, user=User("slow"))
     rooms.add(slow)
     await rooms.join(slow, "t")
-    fine, inbox = member(rooms, "fine")
+    fine, inbox = client(rooms, "fine")
     await rooms.join(fine, "t")
-    other, _ = member(rooms, "other")
+    other, _ = client(rooms, "other")
     await rooms.join(other, "t")
     # Told to everyone, without waiting for the slow socket: its messages wait for it.
     assert [e["count"] for e in inbox.events] == [2, 3]
@@ -137,7 +117,7 @@ async def test_a_storm_of_joins_over_two_workers_through_redis(
     relays = [asyncio.create_task(m.relay_presence()) for m in managers]
     try:
         await asyncio.sleep(0.2)  # both subscribed to the presence channel
-        members = [member(managers[i % 2], f"user{i}") for i in range(40)]
+        members = [client(managers[i % 2], f"user{i}") for i in range(40)]
         await asyncio.gather(
             *(managers[i % 2].join(connection, "t") for i, (connection, _) in enumerate(members))
         )
@@ -162,7 +142,7 @@ async def test_a_storm_of_joins_over_two_workers_through_redis(
 
 async def test_presence_still_being_told_stops_with_the_manager() -> None:
     rooms = manager(slice=1)
-    members = [member(rooms, f"user{i}") for i in range(10)]
+    members = [client(rooms, f"user{i}") for i in range(10)]
     await asyncio.gather(*(rooms.join(connection, "t") for connection, _ in members))
     assert rooms.tasks  # a storm's presence is still being told
     await rooms.close()

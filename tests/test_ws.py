@@ -51,14 +51,19 @@ def url(app_and_url: tuple[Any, str]) -> str:
     return app_and_url[1].replace("http://", "ws://") + "/ws"
 
 
+def unpacked(raw: str | bytes) -> list[dict[str, Any]]:
+    """One server message's items: an array of frames flattened, app pings skipped."""
+    data = json.loads(raw)
+    return [
+        item for item in (data if isinstance(data, list) else [data]) if item.get("type") != "ping"
+    ]
+
+
 async def messages(ws: ClientConnection, timeout: float = 10) -> AsyncIterator[dict[str, Any]]:
-    """Every server message, arrays of frames flattened, app pings skipped."""
+    """Every server message (:func:`unpacked`)."""
     while True:
-        raw = await asyncio.wait_for(ws.recv(), timeout)
-        data = json.loads(raw)
-        for item in data if isinstance(data, list) else [data]:
-            if item.get("type") != "ping":
-                yield item
+        for item in unpacked(await asyncio.wait_for(ws.recv(), timeout)):
+            yield item
 
 
 async def for_a_while(ws: ClientConnection, seconds: float) -> list[dict[str, Any]]:
@@ -75,8 +80,7 @@ async def for_a_while(ws: ClientConnection, seconds: float) -> list[dict[str, An
             raw = await asyncio.wait_for(ws.recv(), left)
         except TimeoutError:
             break
-        data = json.loads(raw)
-        seen += [m for m in (data if isinstance(data, list) else [data]) if m.get("type") != "ping"]
+        seen += unpacked(raw)
     return seen
 
 
