@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Container, Iterable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -455,30 +455,3 @@ class ConnectionManager:
 
     def watching(self, thread_id: str) -> list[Connection]:
         return [self.clients[c] for c in self.watchers.get(thread_id, ()) if c in self.clients]
-
-    # -- sending ---------------------------------------------------------------------
-
-    async def send(self, client_id: str, message: dict[str, Any]) -> bool:
-        connection = self.clients.get(client_id)
-        if connection is None:
-            return False
-        return await self._try_send(connection, dumps(message))
-
-    async def broadcast(
-        self,
-        message: dict[str, Any],
-        to: Iterable[Connection] | None = None,
-        *,
-        exclude: Connection | None = None,
-    ) -> None:
-        """Send to ``to`` (default: every client), minus ``exclude`` (e.g. the sender)."""
-        data = dumps(message)  # serialised once for every recipient
-        targets = [c for c in (self.clients.values() if to is None else to) if c is not exclude]
-        await asyncio.gather(*(self._try_send(c, data) for c in targets))
-
-    async def _try_send(self, connection: Connection, data: bytes) -> bool:
-        try:
-            await connection.send(data)
-        except Exception:
-            return False  # its own handler notices the dead socket and cleans up
-        return True

@@ -33,15 +33,12 @@ def client(manager: ConnectionManager, name: str) -> tuple[Connection, Inbox]:
     return connection, inbox
 
 
-async def test_send_and_broadcast_excluding_the_sender() -> None:
+async def test_tell_frames_once_and_sends_each_socket_its_own_copy() -> None:
     manager = ConnectionManager()
-    (a, inbox_a), (b, inbox_b), (_, inbox_c) = (client(manager, n) for n in "abc")
-    assert await manager.send(b.client_id, {"type": "hello"})
-    assert not await manager.send("nobody", {"type": "hello"})
-    await manager.broadcast({"type": "news"}, exclude=a)
-    assert inbox_a.messages == []
-    assert inbox_b.messages == [{"type": "hello"}, {"type": "news"}]
-    assert inbox_c.messages == [{"type": "news"}]
+    (a, inbox_a), (b, inbox_b) = client(manager, "a"), client(manager, "b")
+    await manager.tell([a, b], '{"type":"news"}', own={b.client_id: '{"type":"yours"}'})
+    assert inbox_a.messages == [{"type": "news"}]
+    assert inbox_b.messages == [{"type": "yours"}]
 
 
 async def test_rooms_presence_and_cleanup() -> None:
@@ -67,15 +64,16 @@ async def test_rooms_presence_and_cleanup() -> None:
     assert manager.clients == {} and manager.rooms == {} and manager.watchers == {}
 
 
-async def test_a_dead_peer_does_not_break_a_broadcast() -> None:
+async def test_a_dead_peer_does_not_break_a_delivery() -> None:
     manager = ConnectionManager()
 
     async def broken(text: str) -> None:
         raise ConnectionError("gone")
 
-    manager.add(Connection(send_text=broken))
-    _, inbox = client(manager, "ok")
-    await manager.broadcast({"type": "news"})
+    dead = Connection(send_text=broken)
+    manager.add(dead)
+    alive, inbox = client(manager, "ok")
+    await manager.tell([dead, alive], '{"type":"news"}')
     assert inbox.messages == [{"type": "news"}]
 
 
