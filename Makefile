@@ -47,6 +47,7 @@ bench: install
 # watched by 1,000 subscribers over two workers (needs Redis and PostgreSQL).
 bench-scale: install
 	$(BIN)/python bench/connections.py
+	$(BIN)/python bench/socket_writes.py
 	$(BIN)/python bench/fanout.py --token-delay 0.005
 	$(BIN)/python bench/fanout.py --token-delay 0.005 --mode threadstream
 	$(BIN)/python bench/fanout.py
