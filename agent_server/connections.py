@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from agent_server.auth import User
-from agent_server.brokers import Broker, worker_lost
+from agent_server.brokers import Broker, BrokerUnavailable, worker_lost
 from agent_server.frames import dumps
 from agent_server.ws_protocol import SharedFrames
 
@@ -221,6 +221,8 @@ class ConnectionManager:
         self.presence_members_max = presence_members_max
         # thread id -> presence waiting for the room's delivery under way (see announce)
         self.announcing: dict[str, list[dict[str, Any]]] = {}
+        # thread id -> client ids whose leave the broker missed (see record_rooms)
+        self.unrecorded: dict[str, set[str]] = {}
 
     def spawn(self, coroutine: Awaitable[None], name: str) -> asyncio.Task[None]:
         return spawn_into(self.tasks, coroutine, name)
@@ -288,11 +290,32 @@ class ConnectionManager:
         self.rooms.setdefault(thread_id, set()).add(connection.client_id)
         connection.rooms.add(thread_id)
         if self.broker is not None:
-            info = {**member_info(connection), "worker": self.worker}
-            await self.broker.room_join(thread_id, connection.client_id, dumps(info).decode())
+            left = self.unrecorded.get(thread_id)
+            if left is not None:
+                left.discard(connection.client_id)
+            try:
+                await self.broker.room_join(
+                    thread_id, {connection.client_id: self._record(connection)}
+                )
+            except BrokerUnavailable:  # a member nowhere, as the error tells the client
+                self._forget(connection, thread_id)
+                self._unrecorded_leave(thread_id, connection.client_id)  # if it was written
+                raise
 
     async def exit(self, connection: Connection, thread_id: str) -> bool:
-        """The opposite of :meth:`enter`; False if it was not a member."""
+        """The opposite of :meth:`enter`; False if it was not a member. A leave the broker
+        cannot record now (an outage) is recorded once it is back (:meth:`record_rooms`):
+        a socket's cleanup never fails on it."""
+        if not self._forget(connection, thread_id):
+            return False
+        if self.broker is not None:
+            try:
+                await self.broker.room_leave(thread_id, connection.client_id)
+            except BrokerUnavailable:
+                self._unrecorded_leave(thread_id, connection.client_id)
+        return True
+
+    def _forget(self, connection: Connection, thread_id: str) -> bool:
         members = self.rooms.get(thread_id)
         if members is not None:
             members.discard(connection.client_id)
@@ -301,14 +324,41 @@ class ConnectionManager:
         if thread_id not in connection.rooms:
             return False
         connection.rooms.discard(thread_id)
-        if self.broker is not None:
-            await self.broker.room_leave(thread_id, connection.client_id)
         return True
+
+    def _record(self, connection: Connection) -> str:
+        """A member as the broker keeps it: who, and on which worker."""
+        return dumps({**member_info(connection), "worker": self.worker}).decode()
+
+    def _unrecorded_leave(self, thread_id: str, client_id: str) -> None:
+        self.unrecorded.setdefault(thread_id, set()).add(client_id)
+
+    async def record_rooms(self) -> None:
+        """Record this worker's rooms in the broker again, and the leaves it could not
+        record: awaited each time the presence relay (re)subscribes, for a broker that
+        restarted empty holds no member, and one that was unreachable missed leaves."""
+        assert self.broker is not None
+        for thread_id, left in list(self.unrecorded.items()):
+            for client_id in list(left):
+                await self.broker.room_leave(thread_id, client_id)
+                left.discard(client_id)
+            if not left and self.unrecorded.get(thread_id) is left:
+                del self.unrecorded[thread_id]
+        for thread_id, client_ids in list(self.rooms.items()):
+            members = {c: self._record(self.clients[c]) for c in client_ids if c in self.clients}
+            if members:
+                await self.broker.room_join(thread_id, members)
+                # A member that left meanwhile: its leave may have reached the broker first.
+                for client_id in members.keys() - self.rooms.get(thread_id, set()):
+                    await self.broker.room_leave(thread_id, client_id)
 
     async def presence(self, thread_id: str, connection: Connection, event: str) -> None:
         message = presence_message(thread_id, connection, event)
         if self.broker is not None:
-            await self.broker.publish_presence(dumps(message))  # see relay_presence
+            try:
+                await self.broker.publish_presence(dumps(message))  # see relay_presence
+            except BrokerUnavailable:  # told to nobody, as anything published meanwhile
+                logger.warning("presence on thread %s was not told: the broker is down", thread_id)
             return
         await self.announce(message)
 
@@ -431,7 +481,7 @@ class ConnectionManager:
     async def relay_presence(self) -> None:
         """Presence from every worker to this worker's members (lifespan task)."""
         assert self.broker is not None
-        async for raw in self.broker.presence():
+        async for raw in self.broker.presence(self.record_rooms):
             message = orjson.loads(raw)
             if message["thread_id"] in self.rooms:  # it has members here
                 self.relay(message)

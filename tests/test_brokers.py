@@ -198,3 +198,32 @@ async def test_health_comes_back_with_the_first_call_that_succeeds() -> None:
         assert broker.health.up and broker.health.steady(0)
         assert not broker.health.steady(5)  # up again only just now
         await broker.close()
+
+
+async def test_rooms_and_presence(broker: Broker) -> None:
+    await broker.room_join("t", {"a": '{"user":"alice"}', "b": '{"user":"bob"}'})
+    await broker.room_join("t", {"c": '{"user":"carol"}'})
+    await broker.room_leave("t", "b")
+    await broker.room_leave("t", "nobody")
+    assert await broker.room_members("t") == {"a": '{"user":"alice"}', "c": '{"user":"carol"}'}
+    assert await broker.room_members("empty") == {}
+
+    received: list[bytes] = []
+    subscribed = asyncio.Event()
+
+    async def on_subscribed() -> None:  # awaited before anything is received
+        assert not received
+        subscribed.set()
+
+    async def listen() -> None:
+        async for message in broker.presence(on_subscribed):
+            received.append(message)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.wait_for(subscribed.wait(), 5)
+    await broker.publish_presence(b'{"event":"join"}')
+    async with asyncio.timeout(2):
+        while not received:
+            await asyncio.sleep(0.02)
+    listener.cancel()
+    assert received == [b'{"event":"join"}']

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from agent_server.auth import User
-from agent_server.brokers import Broker, open_broker
+from agent_server.brokers import Broker, BrokerUnavailable, open_broker
 from agent_server.connections import Connection, ConnectionManager
 from agent_server.fanout import Hubs
 from agent_server.streams import Streams
+from tests.relay import Relay
 from tests.services import redis_prefix
 from tests.test_connections import client
 
@@ -147,3 +148,39 @@ async def test_presence_still_being_told_stops_with_the_manager() -> None:
     assert rooms.tasks  # a storm's presence is still being told
     await rooms.close()
     assert not rooms.tasks and rooms.announcing == {}
+
+
+async def test_a_broker_outage_breaks_no_cleanup_and_leaves_no_member_behind() -> None:
+    """A socket that goes while the broker is unreachable is cleaned up all the same; the
+    broker, which missed its leave, is told once it is back (``record_rooms``, what the
+    presence relay awaits when it subscribes again). A join meanwhile fails whole."""
+    with redis_prefix() as (url, prefix):
+        relay = Relay(url)
+        broker = open_broker(await relay.start(), prefix=prefix)
+        direct = open_broker(url, prefix=prefix)  # what Redis holds
+        rooms = manager(broker)
+        try:
+            (stay, _), (go, _) = client(rooms, "stay"), client(rooms, "go")
+            await rooms.join(stay, "t")
+            await rooms.join(go, "t")
+            go.spawn(asyncio.sleep(60), "idle")
+            idle = list(go.tasks)
+
+            relay.refuse()
+            await rooms.remove(go)  # raised on the broker's error, leaving its tasks running
+            assert idle and all(task.cancelled() for task in idle)
+            assert rooms.rooms == {"t": {stay.client_id}} and go.client_id not in rooms.clients
+            late, _ = client(rooms, "late")
+            with pytest.raises(BrokerUnavailable):
+                await rooms.join(late, "t")
+            assert not late.rooms and rooms.rooms == {"t": {stay.client_id}}
+            assert set(await direct.room_members("t")) == {stay.client_id, go.client_id}
+
+            relay.accept()
+            await rooms.record_rooms()
+            assert set(await direct.room_members("t")) == {stay.client_id}
+            assert not rooms.unrecorded
+        finally:
+            await relay.close()
+            for each in (broker, direct):
+                await each.close()

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from agent_server.app import create_app
 from tests.conftest import test_settings
 from tests.live import live_server
+from tests.relay import Relay
 
 UPSTREAM = os.environ.get("LANGGRAPH_API_URL")
 ours = pytest.mark.skipif(UPSTREAM is not None, reason="agent-server only")
@@ -143,47 +144,6 @@ async def test_interrupt_is_requested_then_answered(url: str) -> None:
         output = await thread.output
     await client.aclose()
     assert text(output["messages"][-1]) == "approved: yes"
-
-
-class Relay:
-    """A TCP relay in front of a server, which can cut every connection through it (a
-    dropped network, not a closed stream) and send new ones to another server."""
-
-    def __init__(self, target: str) -> None:
-        self.target = httpx.URL(target)
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return str(self.target.copy_with(host="127.0.0.1", port=port))
-
-    def cut(self) -> None:
-        for writer in list(self.writers):
-            writer.transport.abort()
-
-    async def close(self) -> None:
-        self.cut()
-        if self.server is not None:
-            self.server.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.target.host, self.target.port)
-        self.writers |= {writer, up_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            finally:
-                sink.close()
-                self.writers.discard(sink)
-
-        await asyncio.gather(
-            pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True
-        )
 
 
 @pytest.mark.parametrize("transport", ["sse", "websocket"])

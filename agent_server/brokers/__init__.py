@@ -21,7 +21,7 @@ and followers retry and resume from the log's last seq (see ``agent_server/runs.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from agent_server.streams import StreamError
@@ -156,8 +156,8 @@ class Broker(Protocol):
         """Clear the thread's active run, if it is still ``run_id``."""
         ...
 
-    async def room_join(self, thread_id: str, member: str, info: str) -> None:
-        """Record a room member (``info``: its JSON description, with its worker)."""
+    async def room_join(self, thread_id: str, members: Mapping[str, str]) -> None:
+        """Record room members: client id -> its JSON description, with its worker."""
         ...
 
     async def room_leave(self, thread_id: str, member: str) -> None: ...
@@ -166,8 +166,12 @@ class Broker(Protocol):
 
     async def publish_presence(self, message: bytes) -> None: ...
 
-    def presence(self) -> AsyncIterator[bytes]:
-        """Every presence message published by any worker (this one included)."""
+    def presence(
+        self, subscribed: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[bytes]:
+        """Every presence message published by any worker (this one included).
+        ``subscribed`` is awaited once messages are being received: a listener that
+        (re)subscribes records there what the broker may have lost meanwhile."""
         ...
 
     def cancel_requests(

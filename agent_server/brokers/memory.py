@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from agent_server.brokers import BrokerHealth, Entry
 
@@ -130,8 +130,8 @@ class MemoryBroker:
         if self._active.get(thread_id) == run_id:
             del self._active[thread_id]
 
-    async def room_join(self, thread_id: str, member: str, info: str) -> None:
-        self._rooms.setdefault(thread_id, {})[member] = info
+    async def room_join(self, thread_id: str, members: Mapping[str, str]) -> None:
+        self._rooms.setdefault(thread_id, {}).update(members)
 
     async def room_leave(self, thread_id: str, member: str) -> None:
         members = self._rooms.get(thread_id, {})
@@ -145,7 +145,11 @@ class MemoryBroker:
     async def publish_presence(self, message: bytes) -> None:
         await self._presence.put(message)
 
-    async def presence(self) -> AsyncIterator[bytes]:
+    async def presence(
+        self, subscribed: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[bytes]:
+        if subscribed is not None:
+            await subscribed()
         while True:
             yield await self._presence.get()
 

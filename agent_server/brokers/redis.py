@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis.asyncio as redis
@@ -274,8 +274,9 @@ class RedisBroker:
         await self.client.eval(RELEASE, 1, key, run_id)
 
     @_guarded
-    async def room_join(self, thread_id: str, member: str, info: str) -> None:
-        await self.client.hset(f"{self.prefix}:room:{thread_id}", member, info)
+    async def room_join(self, thread_id: str, members: Mapping[str, str]) -> None:
+        fields: dict[Any, Any] = dict(members)  # redis-py's Mapping is invariant in its keys
+        await self.client.hset(f"{self.prefix}:room:{thread_id}", mapping=fields)
 
     @_guarded
     async def room_leave(self, thread_id: str, member: str) -> None:
@@ -290,8 +291,10 @@ class RedisBroker:
     async def publish_presence(self, message: bytes) -> None:
         await self.client.publish(f"{self.prefix}:presence", message)
 
-    async def presence(self) -> AsyncIterator[bytes]:
-        async for data in self._messages(f"{self.prefix}:presence"):
+    async def presence(
+        self, subscribed: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[bytes]:
+        async for data in self._messages(f"{self.prefix}:presence", subscribed):
             yield data
 
     @_guarded

@@ -12,11 +12,17 @@ the executing worker, heartbeats keep quiet runs alive). Each test prints its fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from tests.faults.checks import assert_complete
 from tests.faults.clients import Reconnect, SseFollower, gather
@@ -162,3 +168,91 @@ async def test_a_redis_restart_loses_no_frame_and_every_feature_recovers(
         f"runs queued after it finished within {queue_after:.1f} s; a cancel through B "
         f"stopped A's run"
     )
+
+
+class RoomMember:
+    """A ``/ws`` socket in a room: the presence events it hears, arrays unpacked."""
+
+    def __init__(self, name: str, worker: Worker, thread_id: str) -> None:
+        self.name = name
+        self.url = worker.url.replace("http://", "ws://") + "/ws"
+        self.thread_id = thread_id
+        self.heard: list[dict[str, Any]] = []
+        self.client_id = ""
+        self.socket: ClientConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def join(self, timeout: float = 10) -> RoomMember:
+        self.socket = await connect(self.url)
+        await self.socket.send(json.dumps({"type": "join", "thread_id": self.thread_id}))
+        self.task = asyncio.create_task(self._listen())
+        # Its own join is the first presence it hears: the test's joins come one by one.
+        joined = await self.hears(lambda e: e["event"] == "join", timeout)
+        self.client_id = joined["client_id"]
+        return self
+
+    async def _listen(self) -> None:
+        assert self.socket is not None
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in self.socket:
+                data = json.loads(raw)
+                for message in data if isinstance(data, list) else [data]:
+                    if message.get("type") == "presence":
+                        self.heard.append(message)
+                    elif message.get("type") == "ping":
+                        await self.socket.send(json.dumps({"type": "pong"}))
+
+    async def hears(self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 10) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.heard:
+                    if wanted(event):
+                        return event
+                await asyncio.sleep(0.02)
+
+    async def leave(self) -> None:
+        if self.socket is not None:
+            await self.socket.close()
+        if self.task is not None:
+            await self.task
+
+
+async def test_rooms_are_whole_again_after_a_redis_restart(running: Cluster) -> None:
+    """Redis holds every worker's room members; restarted empty, it holds none. Each
+    worker records its members again once it hears presence again, so a member who joins
+    after the restart is told of everyone, on every worker, and a leave is counted right."""
+    a, b = running.workers
+    thread_id = str(uuid.uuid4())
+    first = await RoomMember("first@a", a, thread_id).join()
+    second = await RoomMember("second@b", b, thread_id).join()
+    await first.hears(lambda e: e["client_id"] == second.client_id and e["count"] == 2)
+
+    await asyncio.to_thread(running.redis.restart, DOWN)
+
+    # Each worker hears presence again: a joiner on one is heard on the other (a joiner
+    # hears its own join through its worker's relay too).
+    probes = []
+    for probe_at, listener in ((a, second), (b, first)):
+        deadline = time.monotonic() + 30
+        while True:
+            probe = RoomMember("probe", probe_at, thread_id)
+            try:
+                await probe.join(timeout=1)
+                await listener.hears(lambda e, p=probe: e["client_id"] == p.client_id, 1)
+                probes.append(probe)
+                break
+            except (OSError, WebSocketException, TimeoutError):
+                await probe.leave()
+            assert time.monotonic() < deadline, "presence never came back after the restart"
+            await asyncio.sleep(0.2)
+
+    everyone = {m.client_id for m in (first, second, *probes)}
+    third = await RoomMember("third@b", b, thread_id).join()
+    own = await third.hears(lambda e: e["client_id"] == third.client_id)
+    assert own["count"] == len(everyone) + 1, own
+    assert {m["client_id"] for m in own["members"]} == everyone | {third.client_id}
+    await first.leave()
+    left = await third.hears(lambda e: e["event"] == "leave" and e["client_id"] == first.client_id)
+    assert left["count"] == len(everyone), left
+    for member in (second, third, *probes):
+        await member.leave()
