@@ -128,6 +128,7 @@ async def open_state(
             supervisor.start("announcements", runs.listen_for_announcements)
             supervisor.start("queue", runs.pull_jobs)
             supervisor.start("presence", connections.relay_presence)
+            supervisor.start("rooms", connections.keep_rooms)
         try:
             state = AppState(
                 settings=settings,

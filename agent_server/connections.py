@@ -287,6 +287,7 @@ class ConnectionManager:
         :meth:`join` adds those; a transport with its own fan-out (the Channels
         consumer's groups) uses this and announces presence itself.
         """
+        already = thread_id in connection.rooms
         self.rooms.setdefault(thread_id, set()).add(connection.client_id)
         connection.rooms.add(thread_id)
         if self.broker is not None:
@@ -297,9 +298,10 @@ class ConnectionManager:
                 await self.broker.room_join(
                     thread_id, {connection.client_id: self._record(connection)}
                 )
-            except BrokerUnavailable:  # a member nowhere, as the error tells the client
-                self._forget(connection, thread_id)
-                self._unrecorded_leave(thread_id, connection.client_id)  # if it was written
+            except BrokerUnavailable:
+                if not already:  # a member nowhere, as the error tells the client
+                    self._forget(connection, thread_id)
+                    self._unrecorded_leave(thread_id, connection.client_id)  # if written
                 raise
 
     async def exit(self, connection: Connection, thread_id: str) -> bool:
@@ -311,7 +313,8 @@ class ConnectionManager:
         if self.broker is not None:
             try:
                 await self.broker.room_leave(thread_id, connection.client_id)
-            except BrokerUnavailable:
+            except Exception as exc:  # unreachable, out of connections, read-only...
+                logger.warning("a leave of thread %s waits for the broker: %s", thread_id, exc)
                 self._unrecorded_leave(thread_id, connection.client_id)
         return True
 
@@ -334,16 +337,11 @@ class ConnectionManager:
         self.unrecorded.setdefault(thread_id, set()).add(client_id)
 
     async def record_rooms(self) -> None:
-        """Record this worker's rooms in the broker again, and the leaves it could not
-        record: awaited each time the presence relay (re)subscribes, for a broker that
-        restarted empty holds no member, and one that was unreachable missed leaves."""
+        """Record this worker's rooms in the broker again, and the leaves it missed:
+        awaited each time the presence relay (re)subscribes, for a broker that restarted
+        empty holds no member."""
         assert self.broker is not None
-        for thread_id, left in list(self.unrecorded.items()):
-            for client_id in list(left):
-                await self.broker.room_leave(thread_id, client_id)
-                left.discard(client_id)
-            if not left and self.unrecorded.get(thread_id) is left:
-                del self.unrecorded[thread_id]
+        await self.record_leaves()
         for thread_id, client_ids in list(self.rooms.items()):
             members = {c: self._record(self.clients[c]) for c in client_ids if c in self.clients}
             if members:
@@ -352,13 +350,32 @@ class ConnectionManager:
                 for client_id in members.keys() - self.rooms.get(thread_id, set()):
                     await self.broker.room_leave(thread_id, client_id)
 
+    async def record_leaves(self) -> None:
+        """Record the leaves the broker missed (see :meth:`exit`)."""
+        assert self.broker is not None
+        for thread_id, left in list(self.unrecorded.items()):
+            for client_id in list(left):
+                await self.broker.room_leave(thread_id, client_id)
+                left.discard(client_id)
+            if not left and self.unrecorded.get(thread_id) is left:
+                del self.unrecorded[thread_id]
+
+    async def keep_rooms(self, interval: float = 2.0) -> None:
+        """Record missed leaves once the broker takes them (a lifespan job): a leave can
+        fail while the presence relay stays subscribed (no free connection, say), and a
+        departed member would stay listed for as long as this worker lives."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.unrecorded:
+                await self.record_leaves()
+
     async def presence(self, thread_id: str, connection: Connection, event: str) -> None:
         message = presence_message(thread_id, connection, event)
         if self.broker is not None:
             try:
                 await self.broker.publish_presence(dumps(message))  # see relay_presence
-            except BrokerUnavailable:  # told to nobody, as anything published meanwhile
-                logger.warning("presence on thread %s was not told: the broker is down", thread_id)
+            except Exception as exc:  # told to nobody, as anything published meanwhile
+                logger.warning("presence on thread %s was not told: %s", thread_id, exc)
             return
         await self.announce(message)
 

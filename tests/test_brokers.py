@@ -10,6 +10,7 @@ import pytest
 
 from agent_server.brokers import Broker, BrokerUnavailable, open_broker
 from agent_server.brokers.redis import RedisBroker
+from tests.relay import Relay
 from tests.services import REDIS, redis_prefix
 
 
@@ -211,8 +212,7 @@ async def test_rooms_and_presence(broker: Broker) -> None:
     received: list[bytes] = []
     subscribed = asyncio.Event()
 
-    async def on_subscribed() -> None:  # awaited before anything is received
-        assert not received
+    async def on_subscribed() -> None:
         subscribed.set()
 
     async def listen() -> None:
@@ -226,4 +226,42 @@ async def test_rooms_and_presence(broker: Broker) -> None:
         while not received:
             await asyncio.sleep(0.02)
     listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
     assert received == [b'{"event":"join"}']
+
+
+@pytest.mark.parametrize("listen", ["presence", "cancel_requests"])
+async def test_a_listener_that_reconnects_by_itself_is_told_it_subscribed_again(
+    listen: str,
+) -> None:
+    """redis-py reconnects and resubscribes a dropped pub/sub connection within its own
+    retries, raising nothing: ``subscribed`` must run again, for what was published
+    meanwhile (or lost by a restart) is for the listener to find."""
+    with redis_prefix() as (url, prefix):
+        relay = Relay(url)
+        broker = open_broker(await relay.start(), prefix=prefix)
+        calls = 0
+
+        async def subscribed() -> None:
+            nonlocal calls
+            calls += 1
+
+        async def drain() -> None:
+            async for _ in getattr(broker, listen)(subscribed):
+                pass
+
+        listener = asyncio.create_task(drain())
+        try:
+            async with asyncio.timeout(5):
+                while calls < 1:
+                    await asyncio.sleep(0.02)
+            relay.cut()  # the connection drops; the relay takes the next one at once
+            async with asyncio.timeout(5):
+                while calls < 2:
+                    await asyncio.sleep(0.02)
+            assert not listener.done()  # it went on: the reconnection raised nothing
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            await relay.close()
+            await broker.close()

@@ -152,8 +152,9 @@ async def test_presence_still_being_told_stops_with_the_manager() -> None:
 
 async def test_a_broker_outage_breaks_no_cleanup_and_leaves_no_member_behind() -> None:
     """A socket that goes while the broker is unreachable is cleaned up all the same; the
-    broker, which missed its leave, is told once it is back (``record_rooms``, what the
-    presence relay awaits when it subscribes again). A join meanwhile fails whole."""
+    broker, which missed its leave, is told once it is back (``keep_rooms``, and
+    ``record_rooms`` when the presence relay subscribes again). A join meanwhile fails
+    whole; a member's repeated join fails and leaves it a member."""
     with redis_prefix() as (url, prefix):
         relay = Relay(url)
         broker = open_broker(await relay.start(), prefix=prefix)
@@ -174,11 +175,19 @@ async def test_a_broker_outage_breaks_no_cleanup_and_leaves_no_member_behind() -
             with pytest.raises(BrokerUnavailable):
                 await rooms.join(late, "t")
             assert not late.rooms and rooms.rooms == {"t": {stay.client_id}}
+            with pytest.raises(BrokerUnavailable):  # joined before: still a member
+                await rooms.join(stay, "t")
+            assert stay.rooms == {"t"} and rooms.rooms == {"t": {stay.client_id}}
             assert set(await direct.room_members("t")) == {stay.client_id, go.client_id}
 
             relay.accept()
-            await rooms.record_rooms()
-            assert set(await direct.room_members("t")) == {stay.client_id}
+            keeping = asyncio.create_task(rooms.keep_rooms(interval=0.05))
+            try:
+                async with asyncio.timeout(5):
+                    while set(await direct.room_members("t")) != {stay.client_id}:
+                        await asyncio.sleep(0.05)
+            finally:
+                keeping.cancel()
             assert not rooms.unrecorded
         finally:
             await relay.close()

@@ -72,6 +72,9 @@ UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 RETRY = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=3)
 CONNECT_TIMEOUT = 2.0
 
+# Seconds a listener waits for a message before it looks whether it reconnected.
+RECONNECT_CHECK = 1.0
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -91,6 +94,17 @@ def _guarded(
         return result
 
     return call
+
+
+class Connects:
+    """Counts a pub/sub connection's (re)connections: redis-py keeps its connect
+    callbacks as weak methods."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def connected(self, connection: object) -> None:
+        self.count += 1
 
 
 class RedisBroker:
@@ -195,24 +209,39 @@ class RedisBroker:
         self, channel: str, subscribed: Callable[[], Awaitable[None]] | None = None
     ) -> AsyncIterator[bytes]:
         """The messages published on ``channel``; ``subscribed`` is awaited once the
-        subscription is in place (anything published from then on is received)."""
+        subscription is in place (anything published from then on is received), and
+        again after each reconnection: redis-py reconnects and resubscribes by itself
+        within its retries, so a quick Redis restart raised nothing, and what was
+        published meanwhile, or what the restart lost, went unnoticed."""
         pubsub = self.client.pubsub()
+        connects = Connects()
         try:
             try:
                 await pubsub.subscribe(channel)
             except UNREACHABLE as exc:
                 raise self._unavailable(exc) from exc
+            assert pubsub.connection is not None
+            pubsub.connection.register_connect_callback(connects.connected)
             self.health.ok()
+            seen = connects.count
             if subscribed is not None:
                 await subscribed()
             while True:
                 try:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=RECONNECT_CHECK
+                    )
                 except UNREACHABLE as exc:
                     raise self._unavailable(exc) from exc
+                if connects.count != seen:  # resubscribed (redis-py's on_connect ran first)
+                    seen = connects.count
+                    if subscribed is not None:
+                        await subscribed()
                 if message is not None and message.get("type") == "message":
                     yield bytes(message["data"])
         finally:
+            if pubsub.connection is not None:  # the pool hands it out again
+                pubsub.connection.deregister_connect_callback(connects.connected)
             await pubsub.aclose()
 
     @_guarded
