@@ -265,3 +265,29 @@ async def test_a_listener_that_reconnects_by_itself_is_told_it_subscribed_again(
             await asyncio.gather(listener, return_exceptions=True)
             await relay.close()
             await broker.close()
+
+
+async def test_heartbeats_are_judged_only_once_redis_has_held_them_a_lifetime() -> None:
+    """A Redis restarted empty holds nobody's heartbeat until each worker's next beat, and
+    a restart within redis-py's retries breaks no call: a worker must not be judged lost
+    until Redis has held heartbeats for longer than one lives (LOST_AFTER)."""
+    import redis.asyncio as redis
+
+    with redis_prefix() as (url, prefix):
+        broker = open_broker(url, prefix=prefix)
+        direct = redis.Redis.from_url(url)
+        try:
+            assert await broker.is_alive("never-beat")  # no heartbeat held: nobody is judged
+            await broker.heartbeat("w", 6)
+            assert await broker.is_alive("w") and await broker.is_alive("never-beat")
+            # As if the first beat had come 10 s ago (the key it writes, at Redis's time):
+            seconds, _ = await direct.time()
+            await direct.set(f"{prefix}:heartbeats-since", seconds - 10)
+            assert await broker.is_alive("w") and not await broker.is_alive("never-beat")
+            await direct.delete(f"{prefix}:heartbeats-since", f"{prefix}:worker:w")  # emptied
+            assert await broker.is_alive("w")
+            await broker.heartbeat("w", 6)  # the first beat after it starts the clock again
+            assert await broker.is_alive("never-beat")
+        finally:
+            await direct.aclose()
+            await broker.close()

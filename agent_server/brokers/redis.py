@@ -39,7 +39,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from agent_server.brokers import BrokerHealth, BrokerUnavailable, Entry
+from agent_server.brokers import LOST_AFTER, BrokerHealth, BrokerUnavailable, Entry
 
 LOG_CAP = 100_000  # frames kept per run, approximately
 MAX_CONNECTIONS = 256  # per worker
@@ -50,6 +50,24 @@ return 0
 """
 # What "cannot reach Redis" looks like (BusyLoadingError, a restart replaying its data,
 # and MaxConnectionsError are ConnectionErrors too).
+# A heartbeat; the first one after Redis (re)started empty also notes when (Redis's time).
+HEARTBEAT = """
+redis.call('set', KEYS[1], '1', 'PX', ARGV[1])
+if redis.call('exists', KEYS[2]) == 0 then
+  local now = redis.call('time')
+  redis.call('set', KEYS[2], now[1] + now[2] / 1e6)
+end
+"""
+# Alive: its heartbeat is there, or Redis has held heartbeats for less than a heartbeat
+# lives (restarted empty, it knows nobody's yet: see RedisBroker.is_alive).
+ALIVE = """
+if redis.call('exists', KEYS[1]) == 1 then return 1 end
+local since = redis.call('get', KEYS[2])
+if not since then return 1 end
+local now = redis.call('time')
+if now[1] + now[2] / 1e6 - tonumber(since) < tonumber(ARGV[1]) then return 1 end
+return 0
+"""
 # Delayed jobs: added at Redis's time + delay; moved to the queue once due (atomically,
 # so exactly once), answering the seconds until the next one (a pop waits no longer).
 SCHEDULE = """
@@ -246,11 +264,17 @@ class RedisBroker:
 
     @_guarded
     async def heartbeat(self, worker: str, ttl: float) -> None:
-        await self.client.set(f"{self.prefix}:worker:{worker}", b"1", px=int(ttl * 1000))
+        keys = (f"{self.prefix}:worker:{worker}", f"{self.prefix}:heartbeats-since")
+        await self.client.eval(HEARTBEAT, 2, *keys, int(ttl * 1000))
 
     @_guarded
     async def is_alive(self, worker: str) -> bool:
-        return bool(await self.client.exists(f"{self.prefix}:worker:{worker}"))
+        """A Redis that restarted empty holds no heartbeat until each worker's next beat,
+        and a restart quick enough for redis-py's retries breaks no call, so the caller's
+        ``health`` saw no outage: nobody is judged until Redis has held heartbeats for
+        longer than one lives."""
+        keys = (f"{self.prefix}:worker:{worker}", f"{self.prefix}:heartbeats-since")
+        return bool(await self.client.eval(ALIVE, 2, *keys, repr(LOST_AFTER)))
 
     @_guarded
     async def push_job(self, job: bytes) -> None:
