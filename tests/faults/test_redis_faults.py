@@ -226,36 +226,45 @@ async def test_rooms_are_whole_again_after_a_redis_restart(running: Cluster, dow
     presence relay without a word."""
     a, b = running.workers
     thread_id = str(uuid.uuid4())
-    first = await RoomMember("first@a", a, thread_id).join()
-    second = await RoomMember("second@b", b, thread_id).join()
-    await first.hears(lambda e: e["client_id"] == second.client_id and e["count"] == 2)
+    opened: list[RoomMember] = []  # closed at the end, also on failure
 
-    await asyncio.to_thread(running.redis.restart, down)
+    async def member(name: str, worker: Worker, timeout: float = 10) -> RoomMember:
+        opened.append(RoomMember(name, worker, thread_id))
+        return await opened[-1].join(timeout)
 
-    # Each worker hears presence again: a joiner on one is heard on the other (a joiner
-    # hears its own join through its worker's relay too).
-    probes = []
-    for probe_at, listener in ((a, second), (b, first)):
-        deadline = time.monotonic() + 30
-        while True:
-            probe = RoomMember("probe", probe_at, thread_id)
-            try:
-                await probe.join(timeout=1)
-                await listener.hears(lambda e, p=probe: e["client_id"] == p.client_id, 1)
-                probes.append(probe)
-                break
-            except (OSError, WebSocketException, TimeoutError):
-                await probe.leave()
-            assert time.monotonic() < deadline, "presence never came back after the restart"
-            await asyncio.sleep(0.2)
+    try:
+        first = await member("first@a", a)
+        second = await member("second@b", b)
+        await first.hears(lambda e: e["client_id"] == second.client_id and e["count"] == 2)
 
-    everyone = {m.client_id for m in (first, second, *probes)}
-    third = await RoomMember("third@b", b, thread_id).join()
-    own = await third.hears(lambda e: e["client_id"] == third.client_id)
-    assert own["count"] == len(everyone) + 1, own
-    assert {m["client_id"] for m in own["members"]} == everyone | {third.client_id}
-    await first.leave()
-    left = await third.hears(lambda e: e["event"] == "leave" and e["client_id"] == first.client_id)
-    assert left["count"] == len(everyone), left
-    for member in (second, third, *probes):
-        await member.leave()
+        await asyncio.to_thread(running.redis.restart, down)
+
+        # Each worker hears presence again: a joiner on one is heard on the other (a
+        # joiner hears its own join through its worker's relay too).
+        probes = []
+        for probe_at, listener in ((a, second), (b, first)):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    probe = await member("probe", probe_at, timeout=1)
+                    await listener.hears(lambda e, p=probe: e["client_id"] == p.client_id, 1)
+                    probes.append(probe)
+                    break
+                except (OSError, WebSocketException, TimeoutError):
+                    await opened[-1].leave()
+                assert time.monotonic() < deadline, "presence never came back after the restart"
+                await asyncio.sleep(0.2)
+
+        everyone = {m.client_id for m in (first, second, *probes)}
+        third = await member("third@b", b)
+        own = await third.hears(lambda e: e["client_id"] == third.client_id)
+        assert own["count"] == len(everyone) + 1, own
+        assert {m["client_id"] for m in own["members"]} == everyone | {third.client_id}
+        await first.leave()
+        left = await third.hears(
+            lambda e: e["event"] == "leave" and e["client_id"] == first.client_id
+        )
+        assert left["count"] == len(everyone), left
+    finally:
+        for each in opened:
+            await each.leave()
