@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -112,6 +112,15 @@ def spawn_into(
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     return task
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks (:func:`spawn_into`'s, when their owner goes) and wait for them."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def share(send_shared: SendShared, shared: SharedFrames) -> bool:
@@ -230,10 +239,7 @@ class ConnectionManager:
     async def close(self) -> None:
         """Stop the work done for many sockets at once (at the app's end: presence still
         being told, other workers' runs still being followed)."""
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(self.tasks)
 
     def add(self, connection: Connection) -> None:
         self.clients[connection.client_id] = connection
@@ -247,11 +253,7 @@ class ConnectionManager:
             self.unwatch(connection, thread_id)
         for follower in connection.followers.values():
             follower.cancel()  # a task, or a membership of a run's hub
-        tasks = [task for task in connection.tasks if not task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(connection.tasks)
         connection.followers.clear()
 
     async def settle(self, timeout: float) -> None:

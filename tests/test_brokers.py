@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -115,28 +117,39 @@ async def test_last_seq_is_the_logs_top(broker: Broker) -> None:
     assert await broker.last_seq("r-top") == 3
 
 
-async def test_cancel_listeners_are_told_once_subscribed(broker: Broker) -> None:
-    received: list[str] = []
+async def received_once_subscribed(
+    listen: Callable[..., AsyncIterator[Any]], publish: Callable[[], Awaitable[None]]
+) -> list[Any]:
+    """What a listener receives of what ``publish`` sends from its ``subscribed``
+    callback: anything published from there on must arrive (this is where a listener
+    that resubscribed looks for what it missed)."""
+    received: list[Any] = []
     subscribed = asyncio.Event()
 
     async def on_subscribed() -> None:
-        # Anything published from here on must arrive: this is where a listener that
-        # resubscribed looks for requests it missed.
-        await broker.request_cancel("r-after")
+        await publish()
         subscribed.set()
 
-    async def listen() -> None:
-        async for run_id in broker.cancel_requests(on_subscribed):
-            received.append(run_id)
+    async def drain() -> None:
+        async for message in listen(on_subscribed):
+            received.append(message)
 
-    listener = asyncio.create_task(listen())
-    await asyncio.wait_for(subscribed.wait(), 5)
-    for _ in range(40):
-        if received:
-            break
-        await asyncio.sleep(0.05)
-    listener.cancel()
-    assert received == ["r-after"]
+    listener = asyncio.create_task(drain())
+    try:
+        await asyncio.wait_for(subscribed.wait(), 5)
+        for _ in range(40):
+            if received:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+    return received
+
+
+async def test_cancel_listeners_are_told_once_subscribed(broker: Broker) -> None:
+    publish = functools.partial(broker.request_cancel, "r-after")
+    assert await received_once_subscribed(broker.cancel_requests, publish) == ["r-after"]
 
 
 async def test_delayed_jobs_join_the_queue_when_due(broker: Broker) -> None:
@@ -209,25 +222,8 @@ async def test_rooms_and_presence(broker: Broker) -> None:
     assert await broker.room_members("t") == {"a": '{"user":"alice"}', "c": '{"user":"carol"}'}
     assert await broker.room_members("empty") == {}
 
-    received: list[bytes] = []
-    subscribed = asyncio.Event()
-
-    async def on_subscribed() -> None:
-        subscribed.set()
-
-    async def listen() -> None:
-        async for message in broker.presence(on_subscribed):
-            received.append(message)
-
-    listener = asyncio.create_task(listen())
-    await asyncio.wait_for(subscribed.wait(), 5)
-    await broker.publish_presence(b'{"event":"join"}')
-    async with asyncio.timeout(2):
-        while not received:
-            await asyncio.sleep(0.02)
-    listener.cancel()
-    await asyncio.gather(listener, return_exceptions=True)
-    assert received == [b'{"event":"join"}']
+    publish = functools.partial(broker.publish_presence, b'{"event":"join"}')
+    assert await received_once_subscribed(broker.presence, publish) == [b'{"event":"join"}']
 
 
 @pytest.mark.parametrize("listen", ["presence", "cancel_requests"])

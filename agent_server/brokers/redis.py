@@ -48,8 +48,6 @@ RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-# What "cannot reach Redis" looks like (BusyLoadingError, a restart replaying its data,
-# and MaxConnectionsError are ConnectionErrors too).
 # A heartbeat; the first one after Redis (re)started empty also notes when (Redis's time).
 HEARTBEAT = """
 redis.call('set', KEYS[1], '1', 'PX', ARGV[1])
@@ -85,6 +83,8 @@ local next = redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')
 if next[2] then return tostring(tonumber(next[2]) - t) end
 return false
 """
+# What "cannot reach Redis" looks like (BusyLoadingError, a restart replaying its data,
+# and MaxConnectionsError are ConnectionErrors too).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 # redis-py's own retries of a failed command: short, so an outage surfaces quickly.
 RETRY = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=3)
@@ -262,10 +262,13 @@ class RedisBroker:
                 pubsub.connection.deregister_connect_callback(connects.connected)
             await pubsub.aclose()
 
+    def _heartbeat_keys(self, worker: str) -> tuple[str, str]:
+        """The worker's heartbeat, and since when Redis has held heartbeats."""
+        return f"{self.prefix}:worker:{worker}", f"{self.prefix}:heartbeats-since"
+
     @_guarded
     async def heartbeat(self, worker: str, ttl: float) -> None:
-        keys = (f"{self.prefix}:worker:{worker}", f"{self.prefix}:heartbeats-since")
-        await self.client.eval(HEARTBEAT, 2, *keys, int(ttl * 1000))
+        await self.client.eval(HEARTBEAT, 2, *self._heartbeat_keys(worker), int(ttl * 1000))
 
     @_guarded
     async def is_alive(self, worker: str) -> bool:
@@ -273,7 +276,7 @@ class RedisBroker:
         and a restart quick enough for redis-py's retries breaks no call, so the caller's
         ``health`` saw no outage: nobody is judged until Redis has held heartbeats for
         longer than one lives."""
-        keys = (f"{self.prefix}:worker:{worker}", f"{self.prefix}:heartbeats-since")
+        keys = self._heartbeat_keys(worker)
         return bool(await self.client.eval(ALIVE, 2, *keys, repr(LOST_AFTER)))
 
     @_guarded
