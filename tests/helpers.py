@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from httpx_sse import connect_sse
+import httpx_sse
+from httpx_sse import ServerSentEvent, connect_sse
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.pregel import Pregel
 
@@ -50,6 +52,22 @@ def sse_json(client: Any, method: str, url: str, **kwargs: Any) -> list[Any]:
     """The frames of a whole SSE stream (``[DONE]`` checked and left out), via httpx-sse."""
     with connect_sse(client, method, url, **kwargs) as source:
         assert source.response.status_code == 200, source.response.read()
-        data = [event.data for event in source.iter_sse()]
+        data = [event.data for event in dispatched(source)]
     assert data[-1] == "[DONE]"
     return [json.loads(item) for item in data[:-1]]
+
+
+def dispatched(source: httpx_sse.EventSource) -> Iterator[ServerSentEvent]:
+    """The events a browser's ``EventSource`` dispatches.
+
+    Once a stream has carried an ``id:``, httpx-sse also yields every comment block (our
+    ``: ping``) as an event with empty data; the SSE spec dispatches nothing for it.
+    """
+    return (event for event in source.iter_sse() if event.data)
+
+
+async def adispatched(source: httpx_sse.EventSource) -> AsyncIterator[ServerSentEvent]:
+    """:func:`dispatched`, for an async client."""
+    async for event in source.aiter_sse():
+        if event.data:
+            yield event

@@ -17,6 +17,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from agent_server.frames import parse_frame
+from tests.helpers import dispatched
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "agent-server"
@@ -239,7 +240,7 @@ def test_serve_streams_and_stops_on_sigterm(tmp_path: Path) -> None:
                     client, "POST", f"{url}/runs/stream", json={"graph": "agent", "message": "2+2"}
                 ) as source,
             ):
-                for sse in source.iter_sse():
+                for sse in dispatched(source):
                     if sse.data == "[DONE]":
                         break
                     frames.append(parse_frame(sse.data))

@@ -21,6 +21,7 @@ from httpx_sse import connect_sse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from tests.helpers import dispatched
 from tests.live import ROOT, LiveProcess
 from tests.services import redis_prefix
 
@@ -125,12 +126,12 @@ def test_the_page_and_the_sse_view(servers: tuple[LiveProcess, ...]) -> None:
         query = {"graph": "agent", "message": "2+2"}
         with connect_sse(client, "GET", base + "/sse/agent/", params=query) as source:
             assert source.response.headers["content-type"].startswith("text/event-stream")
-            events = [(event.id, event.data) for event in source.iter_sse()]
+            events = [(event.id, event.data) for event in dispatched(source)]
         run_id = events[0][0].split(":")[0]
         with connect_sse(
             client, "GET", base + "/sse/agent/", headers={"Last-Event-ID": f"{run_id}:2"}
         ) as source:
-            rest = [(event.id, event.data) for event in source.iter_sse()]
+            rest = [(event.id, event.data) for event in dispatched(source)]
         ended = client.get(base + "/sse/agent/", headers={"Last-Event-ID": events[-2][0]})
         unknown = client.get(base + "/sse/agent/", params={"graph": "nope", "message": "x"})
         invalid = client.get(base + "/sse/agent/", params={"graph": "agent"})
@@ -222,7 +223,7 @@ async def test_a_logged_in_user_owns_her_runs(servers: tuple[LiveProcess, ...]) 
         with connect_sse(
             client, "GET", a.url + "/sse/agent/", headers={"Last-Event-ID": f"{run_id}:1"}
         ) as source:
-            rest = [event.data for event in source.iter_sse()]
+            rest = [event.data for event in dispatched(source)]
     assert foreign.status_code == 403 and foreign.json()["code"] == "forbidden"
     assert rest[-1] == "[DONE]" and json.loads(rest[0])["seq"] == 2
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 import agent_server
 from agent_server import AppState, RunManager
 from tests.conftest import test_settings
-from tests.helpers import sse_json
+from tests.helpers import dispatched, sse_json
 from tests.live import live_server
 
 KEYS = {"alice": "key-a", "bob": "key-b"}
@@ -163,7 +163,7 @@ def test_a_client_that_leaves_cancels_the_run(url: str, served: tuple[str, Starl
         ) as source,  # fmt: skip
     ):
         run_id = source.response.headers["x-run-id"]
-        for event in source.iter_sse():
+        for event in dispatched(source):
             if json.loads(event.data)["type"] == "custom":
                 break
     run = state.runs.get(run_id)

@@ -19,7 +19,7 @@ import pytest
 from httpx_sse import connect_sse
 from websockets.asyncio.client import connect
 
-from tests.helpers import sse_json
+from tests.helpers import dispatched, sse_json
 from tests.live import LiveProcess, live_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -66,7 +66,7 @@ def test_routes_and_sse_through_the_prefix(url: str) -> None:
         followed = sse_json(client, "GET", f"{url}/agents/runs/{started.json()['run_id']}/stream")
         query = {"graph": "agent", "message": "2+2"}
         with connect_sse(client, "GET", f"{url}/agents/runs/stream", params=query) as source:
-            ids = [event.id for event in source.iter_sse() if event.data != "[DONE]"]
+            ids = [event.id for event in dispatched(source) if event.data != "[DONE]"]
         missing = client.get(f"{url}/agents/nowhere")
     assert redirect.status_code == 307 and redirect.headers["location"].endswith("/agents/")
     assert "agent" in [g["name"] for g in graphs["graphs"]]

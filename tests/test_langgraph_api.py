@@ -27,6 +27,7 @@ from langgraph_sdk.errors import ConflictError, NotFoundError, PermissionDeniedE
 
 from agent_server.app import create_app
 from tests.conftest import test_settings
+from tests.helpers import adispatched
 from tests.live import live_server
 from tests.test_js_clients import JS, node
 
@@ -410,7 +411,7 @@ async def test_the_same_run_streams_native_frames_too(client: Any, base: str) ->
 async def frames_of(http: httpx.AsyncClient, path: str) -> list[dict[str, Any]]:
     frames = []
     async with httpx_sse.aconnect_sse(http, "GET", path) as source:
-        async for event in source.aiter_sse():
+        async for event in adispatched(source):
             if event.data == "[DONE]":
                 break
             frames.append(event.json())

@@ -32,7 +32,7 @@ from agent_server.mcp.config import ServerSpec, load_specs
 from agent_server.tools import ToolRegistry
 from graphs.agent import make_graph
 from tests.conftest import ROOT, test_settings
-from tests.helpers import entry, run_frames, user
+from tests.helpers import dispatched, entry, run_frames, user
 from tests.live import live_server
 from tests.test_playground import ARGS, CHROMIUM, send, watched_page
 
@@ -102,8 +102,7 @@ def run(url: str, message: str) -> list[dict[str, Any]]:
         connect_sse(client, "POST", "/runs/stream", json=body) as source,
     ):
         assert source.response.status_code == 200
-        # (an event of a lone ``retry:`` field has no data: not a frame)
-        data = [event.data for event in source.iter_sse() if event.data]
+        data = [event.data for event in dispatched(source)]
     assert data[-1] == "[DONE]"
     frames = [json.loads(item) for item in data[:-1]]
     assert frames[-1]["type"] == "done", frames[-1]

@@ -15,6 +15,7 @@ from agent_server.app import create_app
 from agent_server.frames import parse_frame
 from agent_server.notebook import render_html
 from tests.conftest import test_settings
+from tests.helpers import dispatched
 from tests.live import live_server
 
 VOLATILE = {"ts", "run_id", "message_id", "tool_call_id", "duration_ms", "thread_id"}
@@ -34,7 +35,7 @@ async def test_in_process_frames_equal_the_frames_over_sse() -> None:
             local = [frame async for frame in agent_server.stream("agent", message)]
             body = {"graph": "agent", "message": message}
             with connect_sse(client, "POST", f"{url}/runs/stream", json=body) as source:
-                remote = [parse_frame(e.data) for e in source.iter_sse() if e.data != "[DONE]"]
+                remote = [parse_frame(e.data) for e in dispatched(source) if e.data != "[DONE]"]
             assert comparable(local) == comparable(remote)
 
 

@@ -13,6 +13,7 @@ from httpx_sse import connect_sse
 from agent_server.app import create_app
 from agent_server.frames import parse_frame
 from tests.conftest import test_settings
+from tests.helpers import dispatched
 from tests.live import live_server
 from tests.openai_stub import OpenAIStub
 
@@ -29,7 +30,7 @@ def test_agent_streams_from_an_openai_compatible_endpoint() -> None:
                 client, "POST", f"{url}/runs/stream", json={"graph": "agent", "message": "go"}
             ) as source,
         ):
-            frames = [parse_frame(e.data) for e in source.iter_sse() if e.data != "[DONE]"]
+            frames = [parse_frame(e.data) for e in dispatched(source) if e.data != "[DONE]"]
     kinds = [f.type for f in frames]
     assert kinds[0] == "run_start" and kinds[-1] == "done"
     start = next(f for f in frames if f.type == "tool_start")

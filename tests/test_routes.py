@@ -15,6 +15,7 @@ from agent_server.app import create_app
 from agent_server.frames import parse_frame
 from tests import sample_graphs
 from tests.conftest import test_settings
+from tests.helpers import dispatched
 from tests.live import live_server
 
 
@@ -26,7 +27,7 @@ def stream(url: str, body: dict[str, Any]) -> tuple[httpx.Response, list[Any], l
         httpx.Client(timeout=30) as client,
         connect_sse(client, "POST", f"{url}/runs/stream", json=body) as source,
     ):
-        for sse in source.iter_sse():
+        for sse in dispatched(source):
             assert sse.event == "message"  # no event name: EventSource.onmessage gets it
             if sse.data == "[DONE]":
                 break
@@ -62,7 +63,7 @@ def test_get_route_for_event_source(server: str) -> None:
             client, "GET", f"{server}/runs/stream", params={"graph": "agent", "message": "hi"}
         ) as source,
     ):
-        data = [sse.data for sse in source.iter_sse()]
+        data = [sse.data for sse in dispatched(source)]
     assert data[-1] == "[DONE]"
     frames = [parse_frame(d) for d in data[:-1]]
     assert frames[0].type == "run_start" and frames[-1].type == "done"
@@ -134,7 +135,7 @@ def test_disconnect_cancels_the_run(server: str) -> None:
             client, "POST", f"{server}/runs/stream", json={"graph": "ticker", "message": "x"}
         ) as source,
     ):
-        for sse in source.iter_sse():
+        for sse in dispatched(source):
             if '"tick"' in sse.data:
                 break
     time.sleep(0.3)
