@@ -3,9 +3,11 @@
 ``AgentClient`` (async) and ``SyncAgentClient`` have the same methods. ``stream()``
 yields the protocol's frame models; if the connection drops mid-run it reconnects to
 ``GET /runs/{id}/stream`` with ``Last-Event-ID`` (the run keeps going on the server:
-``on_disconnect=continue``), so no frame is lost or repeated. A *stream error* (an
-``error`` frame with ``seq`` 0: ``broker_unavailable``, ``shutting_down``) and a 503
-while resuming are treated the same way: the client retries for ``RESUME_FOR`` seconds.
+``on_disconnect=continue``), so no frame is lost or repeated. A stream the server ends
+early (a reader that fell too far behind), a *stream error* (an ``error`` frame with
+``seq`` 0: ``broker_unavailable``, ``shutting_down``) and a 503 while resuming are
+treated the same way: the client resumes until ``[DONE]``, and gives up only after
+``RESUME_FOR`` seconds without a frame.
 Errors answered by the server raise :class:`AgentServerError` with its ``code`` and
 ``message``.
 """
@@ -42,8 +44,27 @@ def _check_resumable(response: httpx.Response) -> None:
     _raise_for(response)
 
 
-def _pause(attempt: int) -> float:
-    return min(2.0, 0.1 * 2.0**attempt)
+class _Retry:
+    """When to resume a stream that ended before ``[DONE]``, and when to give up.
+
+    A stream that delivered frames before it ended (the server drops a reader that falls
+    too far behind; a proxy cuts a long stream) resumes at once. One that delivered
+    nothing backs off, and after ``RESUME_FOR`` seconds without a frame the run is given up.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.attempt = 0
+        self.deadline = time.monotonic() + RESUME_FOR
+
+    def pause(self, *, progressed: bool) -> float:
+        if progressed:
+            self.attempt, self.deadline = 0, time.monotonic() + RESUME_FOR
+            return 0.0
+        if time.monotonic() >= self.deadline:
+            raise AgentServerError(0, "unreachable", f"could not resume run {self.run_id}")
+        self.attempt += 1
+        return min(2.0, 0.1 * 2.0**self.attempt)
 
 
 class AgentServerError(Exception):
@@ -86,10 +107,15 @@ def _headers(token: str | None) -> dict[str, str]:
 class AgentClient:
     """Async client: ``async for frame in client.stream("agent", "hi")``."""
 
-    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 60) -> None:
+    def __init__(
+        self, base_url: str, token: str | None = None, *, timeout: float = 60,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:  # fmt: skip
+        """``transport`` is httpx's: socket options, a proxy, a Unix socket, retries."""
         self.http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=_headers(token), timeout=timeout
-        )
+            base_url=base_url.rstrip("/"), headers=_headers(token), timeout=timeout,
+            transport=transport,
+        )  # fmt: skip
         self.runs = _AsyncRuns(self)
         self.threads = _AsyncThreads(self)
 
@@ -164,10 +190,10 @@ class _AsyncRuns:
         return result
 
     async def join(self, run_id: str, *, after: int = 0) -> AsyncIterator[BaseFrame]:
-        """A run's frames after ``after``, live; reconnects after a drop."""
-        deadline = time.monotonic() + RESUME_FOR
-        attempt = 0
-        while time.monotonic() < deadline:
+        """A run's frames after ``after``, live, to ``[DONE]``; resumes after every drop."""
+        retry = _Retry(run_id)
+        while True:
+            resumed_at = after
             try:
                 async with aconnect_sse(
                     self.client.http, "GET", f"/runs/{run_id}/stream",
@@ -184,11 +210,9 @@ class _AsyncRuns:
                         frame = _frame(event.data)
                         after = frame.seq
                         yield frame
-                    return
             except (httpx.TransportError, _Interrupted):
-                attempt += 1
-                await asyncio.sleep(_pause(attempt))
-        raise AgentServerError(0, "unreachable", f"could not resume run {run_id}")
+                pass
+            await asyncio.sleep(retry.pause(progressed=after > resumed_at))
 
 
 class _AsyncThreads:
@@ -206,10 +230,14 @@ class _AsyncThreads:
 class SyncAgentClient:
     """The same as :class:`AgentClient`, blocking: ``for frame in client.stream(...)``."""
 
-    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 60) -> None:
+    def __init__(
+        self, base_url: str, token: str | None = None, *, timeout: float = 60,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:  # fmt: skip
         self.http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=_headers(token), timeout=timeout
-        )
+            base_url=base_url.rstrip("/"), headers=_headers(token), timeout=timeout,
+            transport=transport,
+        )  # fmt: skip
         self.runs = _SyncRuns(self)
         self.threads = _SyncThreads(self)
 
@@ -284,9 +312,9 @@ class _SyncRuns:
         return result
 
     def join(self, run_id: str, *, after: int = 0) -> Iterator[BaseFrame]:
-        deadline = time.monotonic() + RESUME_FOR
-        attempt = 0
-        while time.monotonic() < deadline:
+        retry = _Retry(run_id)
+        while True:
+            resumed_at = after
             try:
                 with connect_sse(
                     self.client.http, "GET", f"/runs/{run_id}/stream",
@@ -303,11 +331,9 @@ class _SyncRuns:
                         frame = _frame(event.data)
                         after = frame.seq
                         yield frame
-                    return
             except (httpx.TransportError, _Interrupted):
-                attempt += 1
-                time.sleep(_pause(attempt))
-        raise AgentServerError(0, "unreachable", f"could not resume run {run_id}")
+                pass
+            time.sleep(retry.pause(progressed=after > resumed_at))
 
 
 class _SyncThreads:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
+from agent_server import client as client_module
 from agent_server.app import create_app
 from agent_server.client import AgentClient, AgentServerError, SyncAgentClient
 from tests.conftest import test_settings
 from tests.live import live_server
+from tests.test_slow_consumers import metric, start
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +95,58 @@ async def test_stream_resumes_after_a_dropped_connection(server: str) -> None:
     assert cuts["left"] == 0  # the cut happened
     assert [f.seq for f in frames] == list(range(1, len(frames) + 1))
     assert frames[-1].type == "done"
+
+
+@pytest.fixture(scope="module")
+def strict_server() -> Iterator[str]:
+    """Drops a reader 20 frames behind: what a slow consumer of a fast run meets."""
+    settings = test_settings(
+        graphs={"flood": "tests.sample_graphs:flood"}, subscriber_max_lag=20, send_timeout=5.0
+    )
+    with live_server(create_app(settings)) as url:
+        yield url
+
+
+FLOOD = {"count": 400, "size": 32_000, "interval": 0.005}  # 2 s, 13 MB
+SMALL_BUFFER = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)]  # a stall soon blocks the server
+
+
+async def test_join_resumes_after_a_slow_consumer_is_dropped(strict_server: str) -> None:
+    """A consumer stalls: the server drops it as too slow, the client resumes, nothing lost."""
+    dropped = metric(strict_server, "agent_server_subscribers_dropped_slow_total")
+    run_id = start(strict_server, FLOOD)
+    seqs = []
+    transport = httpx.AsyncHTTPTransport(socket_options=SMALL_BUFFER)
+    async with AgentClient(strict_server, transport=transport) as client:
+        async for frame in client.runs.join(run_id):
+            seqs.append(frame.seq)
+            if len(seqs) == 1:
+                await asyncio.sleep(1.0)  # the run writes 200 frames meanwhile
+    assert metric(strict_server, "agent_server_subscribers_dropped_slow_total") == dropped + 1
+    assert seqs == list(range(1, FLOOD["count"] + 3))  # run_start, the chunks, done
+
+
+def test_sync_join_resumes_after_a_slow_consumer_is_dropped(strict_server: str) -> None:
+    dropped = metric(strict_server, "agent_server_subscribers_dropped_slow_total")
+    run_id = start(strict_server, FLOOD)
+    seqs = []
+    transport = httpx.HTTPTransport(socket_options=SMALL_BUFFER)
+    with SyncAgentClient(strict_server, transport=transport) as client:
+        for frame in client.runs.join(run_id):
+            seqs.append(frame.seq)
+            if len(seqs) == 1:
+                time.sleep(1.0)
+    assert metric(strict_server, "agent_server_subscribers_dropped_slow_total") == dropped + 1
+    assert seqs == list(range(1, FLOOD["count"] + 3))
+
+
+def test_join_gives_up_after_resume_for_without_a_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "RESUME_FOR", 0.5)
+    with socket.socket() as closed:  # a port nobody listens on: every connect is refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        started = time.monotonic()
+        with SyncAgentClient(url) as client, pytest.raises(AgentServerError) as error:
+            list(client.runs.join("some-run"))
+    assert error.value.code == "unreachable" and "some-run" in error.value.message
+    assert time.monotonic() - started < 5
