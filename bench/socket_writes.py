@@ -9,6 +9,10 @@ sizes interleaved, and the writer's CPU time per ``send`` (``thread_time``, kern
 included). A trivial system call (``getppid``) is timed for scale: what is left of a
 ``send`` is the TCP and loopback path, the receiver's wake-up included.
 
+It then asks whether the writes could leave the event loop's thread: a round of sends
+beside some Python work (a run's steps), made inline and then on a thread of their own
+(``send`` releases the GIL, but the loop between sends needs it back).
+
     python bench/socket_writes.py [--sockets 500] [--sizes 1000,22000,64000] [--rounds 20]
 """
 
@@ -20,6 +24,7 @@ import os
 import selectors
 import socket
 import statistics
+import threading
 import time
 
 
@@ -60,6 +65,49 @@ def microseconds_per_send(listener: socket.socket, sockets: int, size: int, roun
     return statistics.median(spent) / sockets * 1e6
 
 
+def python_work(units: int) -> int:
+    total = 0
+    for number in range(units):
+        total += number * number % 7
+    return total
+
+
+def writes_beside_work(
+    listener: socket.socket, sockets: int, size: int, rounds: int, units: int
+) -> tuple[float, float]:
+    """Milliseconds until ``units`` of Python work and one send per socket are both done:
+    the sends made first on the same thread, then on a thread of their own (medians)."""
+    port = listener.getsockname()[1]
+    reader = os.fork()
+    if reader == 0:
+        read_everything(port, sockets, 2 * sockets * size * rounds)
+    connections = [listener.accept()[0] for _ in range(sockets)]
+    data = b"x" * size
+
+    def send_all() -> None:
+        for connection in connections:
+            connection.send(data)
+
+    inline, threaded = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        send_all()
+        python_work(units)
+        inline.append(time.perf_counter() - started)
+        time.sleep(0.02)
+        writer = threading.Thread(target=send_all)
+        started = time.perf_counter()
+        writer.start()
+        python_work(units)
+        writer.join()
+        threaded.append(time.perf_counter() - started)
+        time.sleep(0.02)
+    os.waitpid(reader, 0)
+    for connection in connections:
+        connection.close()
+    return statistics.median(inline) * 1e3, statistics.median(threaded) * 1e3
+
+
 def microseconds_per_syscall(count: int = 200_000) -> float:
     started = time.thread_time()
     for _ in range(count):
@@ -82,12 +130,23 @@ def main() -> None:
     for _ in range(args.repeat):  # interleaved: the machine's noise falls on every size
         for size in sizes:
             results[size].append(microseconds_per_send(listener, args.sockets, size, args.rounds))
+    units = 200_000
+    started = time.perf_counter()
+    python_work(units)
+    work_ms = (time.perf_counter() - started) * 1e3
+    beside = [
+        writes_beside_work(listener, args.sockets, 22_000, args.rounds, units)
+        for _ in range(args.repeat)
+    ]
     listener.close()
     print(f"one send per socket to {args.sockets} loopback sockets, median of {args.rounds} rounds")
     for size, figures in results.items():
         shown = " ".join(f"{figure:5.1f}" for figure in figures)
         print(f"  {size:7,d} bytes: {shown} µs of the writer's CPU per send")
     print(f"  a trivial system call (getppid): {microseconds_per_syscall():.2f} µs")
+    print(f"{work_ms:.1f} ms of Python work and 22,000 bytes to each of {args.sockets} sockets:")
+    print("  sends inline:       " + " ".join(f"{inline:5.1f}" for inline, _ in beside) + " ms")
+    print("  sends on a thread:  " + " ".join(f"{thread:5.1f}" for _, thread in beside) + " ms")
 
 
 if __name__ == "__main__":
