@@ -42,6 +42,15 @@ async def test_log_reads_after_a_seq(broker: Broker) -> None:
     assert await broker.read("other", 0, 0.05) == []
 
 
+async def test_a_repeated_publish_appends_only_what_is_new(broker: Broker) -> None:
+    """A publish retried after its answer was lost (Redis had run it) repeats entries."""
+    await broker.publish("rp", [(1, "run_start", b"1"), (2, "token", b"2"), (3, "token", b"3")])
+    await broker.publish("rp", [(2, "token", b"2"), (3, "token", b"3"), (4, "token", b"4")])
+    await broker.publish("rp", [(3, "token", b"3")])
+    assert [seq for seq, _, _ in await broker.read("rp", 0, None)] == [1, 2, 3, 4]
+    assert await broker.last_seq("rp") == 4
+
+
 async def test_blocking_read_wakes_on_publish(broker: Broker) -> None:
     reader = asyncio.create_task(broker.read("r2", 0, 5))
     await asyncio.sleep(0.1)

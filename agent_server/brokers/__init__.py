@@ -84,7 +84,10 @@ class Broker(Protocol):
     shared: bool  # False for memory://: every run is local, nothing to publish
     health: BrokerHealth
 
-    async def publish(self, run_id: str, entries: Sequence[Entry]) -> None: ...
+    async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
+        """Appends ``entries`` (ascending seqs) to the run's log, skipping those with a seq
+        it already holds: a publish retried after an answer was lost repeats some."""
+        ...
 
     async def read(self, run_id: str, after: int, block: float | None) -> list[Entry]:
         """Entries with seq > ``after``; waits up to ``block`` seconds for some."""

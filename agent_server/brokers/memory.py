@@ -31,7 +31,9 @@ class MemoryBroker:
 
     async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
         async with self._changed:
-            self.logs.setdefault(run_id, []).extend(entries)
+            log = self.logs.setdefault(run_id, [])
+            top = log[-1][0] if log else 0
+            log.extend(entry for entry in entries if entry[0] > top)
             self._changed.notify_all()
 
     async def read(self, run_id: str, after: int, block: float | None) -> list[Entry]:

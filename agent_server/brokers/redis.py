@@ -3,7 +3,8 @@
 - A run's log is a Redis Stream, ``<prefix>:run:<id>:log``, one entry per frame with the
   explicit id ``0-<seq>``: ``XREAD BLOCK`` from ``0-<after>`` is exactly "the frames after
   this seq", which is what resume needs, and the ids refuse a duplicate or out-of-order
-  append. It is capped (``MAXLEN ~``) so a runaway run cannot fill Redis.
+  append (``publish`` skips what the log already holds: a command's answer can be lost
+  after Redis ran it). It is capped (``MAXLEN ~``) so a runaway run cannot fill Redis.
 - Its record is a hash, ``<prefix>:run:<id>``.
 - Cancel requests go through pub/sub on ``<prefix>:cancel``; only the worker executing
   the run acts on them. New runs are announced on ``<prefix>:runs``.
@@ -23,8 +24,10 @@
 - Outages: redis-py retries a failed command a few times within about half a second
   (a reset connection, a restart's first refused connects); past that every method
   raises :class:`~agent_server.brokers.BrokerUnavailable` and marks the broker down in
-  ``health``, and the next call that succeeds marks it up. Longer outages are for the
-  callers to ride out (they resume; see the package docstring).
+  ``health``, and the next call that succeeds marks it up. So does a command Redis does
+  not answer within ``COMMAND_TIMEOUT`` (a hung or unreachable Redis that drops packets
+  rather than refusing). Longer outages are for the callers to ride out (they resume;
+  see the package docstring).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import OutOfMemoryError
 
 from agent_server.brokers import LOST_AFTER, BrokerHealth, BrokerUnavailable, Entry
 
@@ -83,12 +87,24 @@ local next = redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')
 if next[2] then return tostring(tonumber(next[2]) - t) end
 return false
 """
-# What "cannot reach Redis" looks like (BusyLoadingError, a restart replaying its data,
-# and MaxConnectionsError are ConnectionErrors too).
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
-# redis-py's own retries of a failed command: short, so an outage surfaces quickly.
-RETRY = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=3)
+# What "cannot use Redis" looks like (BusyLoadingError, a restart replaying its data,
+# and MaxConnectionsError are ConnectionErrors too). A Redis at ``maxmemory`` that
+# refuses writes (OOM) is as unusable, for as long: heartbeats cannot be written either.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError, OutOfMemoryError)
+# redis-py's own retries of a command whose connection failed: short, so an outage
+# surfaces quickly. Not of one that timed out: Redis did not answer for COMMAND_TIMEOUT,
+# which is an outage to report (and heartbeats are missed meanwhile), not to wait out.
+RETRY = Retry(
+    ExponentialWithJitterBackoff(base=0.02, cap=0.25),
+    retries=3,
+    supported_errors=(redis.ConnectionError,),
+)
 CONNECT_TIMEOUT = 2.0
+# Seconds a command may wait for its answer: a hung or blackholed Redis must not hang the
+# worker with it. Above the longest blocking command (XREAD BLOCK 2 s, BRPOP 1 s).
+COMMAND_TIMEOUT = 5.0
+# What Redis answers an XADD whose id the stream already holds.
+DUPLICATE = "equal or smaller than the target stream top item"
 
 # Seconds a listener waits for a message before it looks whether it reconnected.
 RECONNECT_CHECK = 1.0
@@ -138,6 +154,7 @@ class RedisBroker:
             timeout=30,
             retry=RETRY,
             socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
         )
         self.client: redis.Redis = redis.Redis(connection_pool=pool)
         self.prefix = prefix
@@ -145,7 +162,8 @@ class RedisBroker:
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         self.health.failed(exc)
-        return BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__}: {exc})")
+        state = "refuses writes" if isinstance(exc, OutOfMemoryError) else "is unreachable"
+        return BrokerUnavailable(f"Redis {state} ({type(exc).__name__}: {exc})")
 
     def _log(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:log"
@@ -159,7 +177,22 @@ class RedisBroker:
 
     @_guarded
     async def publish(self, run_id: str, entries: Sequence[Entry]) -> None:
+        """Appends ``entries``; those the log already holds are skipped, not an error."""
         key = self._log(run_id)
+        try:
+            await self._append(key, entries)
+        except redis.ResponseError as exc:
+            if DUPLICATE not in str(exc):
+                raise
+            # Some were appended already, by a command whose answer was lost: a
+            # connection that timed out or dropped after Redis had read it (redis-py
+            # retries it; a hung Redis runs it when it wakes, after our next attempt).
+            top = await self.last_seq(run_id)
+            await self._append(key, [entry for entry in entries if entry[0] > top])
+
+    async def _append(self, key: str, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
         async with self.client.pipeline(transaction=False) as pipe:
             for seq, kind, data in entries:
                 pipe.xadd(

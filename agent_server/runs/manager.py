@@ -370,28 +370,28 @@ class RunManager:
 
         An unreachable broker does not end it: it retries (backing off) and resumes after
         the last seq the broker holds, so a restart that kept the log loses nothing and
-        one that lost it gets the whole log again. It gives up only on a finished run
-        that has been dropped here meanwhile, or when the server shuts down."""
+        one that lost it gets the whole log again. So does any other error: a run that
+        stopped being published would leave its watchers on other workers waiting with
+        no word. It gives up only on a finished run that has been dropped here
+        meanwhile, or when the server shuts down."""
         failures = 0
         try:
             while True:
                 try:
                     await self._publish_log(run)
                     return
-                except BrokerUnavailable as exc:
+                except Exception as exc:
                     run.announced.set()  # the run goes on here; others see it once back
                     run.share(None)  # and its clients here get its frames meanwhile
                     if run.finished and (run.run_id not in self.runs or not self.accepting):
                         logger.warning("gave up publishing run %s: %s", run.run_id, exc)
                         return
                     failures += 1
-                    if failures == 1:
+                    if failures == 1 and isinstance(exc, BrokerUnavailable):
                         logger.warning("publishing run %s: %s; retrying", run.run_id, exc)
+                    elif failures == 1:
+                        logger.exception("publishing run %s failed; retrying", run.run_id)
                     await asyncio.sleep(backoff(failures, 0.1, 2.0))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("could not publish run %s to the broker", run.run_id)
         finally:
             run.announced.set()  # never leave a route waiting
             run.share(None)

@@ -1,5 +1,6 @@
-"""Redis outages longer than ``broker_wait``, a restart that keeps its data, and a worker
-killed during an outage (real processes; see test_redis_faults.py for the short one).
+"""Redis outages longer than ``broker_wait``, a restart that keeps its data, a worker
+killed during an outage, a Redis that hangs and one that is full (real processes; see
+test_redis_faults.py for the short outage).
 
 Redis persists here (``appendonly yes``, ``appendfsync always``), as an operator who
 queues background runs in it should run it; one slot per worker, so runs queue.
@@ -9,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import httpx
 import pytest
+import redis.asyncio as redis
 
 from agent_server.client import AgentClient
 from tests.faults.checks import assert_complete
 from tests.faults.clients import Reconnect, SseFollower, gather
-from tests.faults.cluster import Cluster
+from tests.faults.cluster import Cluster, RedisServer
 from tests.faults.scenarios import body, same_frames, seq_reached, start_run
-from tests.faults.test_redis_faults import finished
+from tests.faults.test_redis_faults import HealthLog, finished
 
 pytestmark = pytest.mark.slow
 
@@ -126,3 +130,80 @@ async def test_a_worker_killed_during_an_outage_ends_its_runs_for_everyone(
         f"worker_lost at seqs {ends} (A's clients were ahead of the shared log); the last "
         f"final frame {lost_after:.1f} s after the kill"
     )
+
+
+async def ride_out(
+    running: Cluster, what: str, seconds: float, fault: AbstractAsyncContextManager[None]
+) -> None:
+    """A run on A watched on both workers, ``fault`` held for ``seconds`` once it streams:
+    both workers say ``broker_unavailable`` on ``/healthz`` meanwhile and are healthy
+    after it, and every client gets the whole run, ending ``done`` (not ``worker_lost``).
+    """
+    a, b = running.workers
+    to_b = Reconnect([b.url], attempts=120, delay=0.25)
+    run = await start_run("a", a, reconnect=to_b, tokens=int(seconds * 100) + 600, pause=0.01)
+    run.watch(b, sse=1, ws=1, reconnect=to_b)
+    run.watch(a, sse=1, ws=1)
+    health = HealthLog([a, b])
+    health.start()
+    await seq_reached(run.starter, 40)
+    began = time.monotonic()
+    async with fault:
+        await asyncio.sleep(seconds)
+    recordings = await gather(run.followers, timeout=60)
+    await asyncio.sleep(1.0)
+    await health.stop()
+    for follower in run.followers:
+        assert_complete(follower.recording, ends={"done"})
+    same_frames(run.followers)
+    shown = {}
+    for worker in (a, b):
+        down, up = health.outage(worker, began)
+        shown[worker.name] = (down, up)
+        assert down is not None and down < seconds, f"{worker.name} never said it"
+        assert up is not None, f"{worker.name} never became healthy again"
+    print(
+        f"\nRedis {what} {seconds} s: /healthz 503 then 200 (s after it began): {shown}; "
+        f"{len(recordings)} clients, {sum(len(r.frames) for r in recordings)} frames, all "
+        f"complete, ending done"
+    )
+
+
+@asynccontextmanager
+async def hung(redis_server: RedisServer) -> AsyncIterator[None]:
+    redis_server.freeze()
+    try:
+        yield
+    finally:
+        redis_server.thaw()
+
+
+@asynccontextmanager
+async def full(url: str) -> AsyncIterator[None]:
+    admin = redis.Redis.from_url(url)
+    await admin.config_set("maxmemory-policy", "noeviction")
+    await admin.config_set("maxmemory", "1")
+    try:
+        yield
+    finally:
+        await admin.config_set("maxmemory", "0")
+        await admin.aclose()
+
+
+async def test_a_hung_redis_is_an_outage_and_nobody_looks_lost_after_it(
+    running: Cluster,
+) -> None:
+    """Redis hangs (SIGSTOP: connections open, nothing answered) for 9 s, longer than a
+    command may wait (5 s) and a heartbeat lives (6 s). Each worker notices within its
+    command timeout instead of hanging with Redis, and A's run is not taken for lost
+    by B although A's heartbeat expired meanwhile."""
+    await ride_out(running, "hung", 9.0, hung(running.redis))
+
+
+async def test_a_full_redis_is_an_outage_and_publishing_resumes_after_it(
+    running: Cluster,
+) -> None:
+    """Redis reaches ``maxmemory`` (``noeviction``: every write answered ``OOM``) for 4 s:
+    each worker says so, and once Redis takes writes again publishing resumes and
+    nobody is taken for lost although no heartbeat could be written meanwhile."""
+    await ride_out(running, "full", 4.0, full(running.redis.url))
