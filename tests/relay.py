@@ -11,7 +11,7 @@ class Relay:
     """Relays connections to ``target``. :meth:`cut` drops every connection through it
     (a dropped network, not a closed stream); while :meth:`refuse` holds, a new
     connection is dropped as soon as it is made (the server unreachable), until
-    :meth:`accept`."""
+    :meth:`accept`; :meth:`retarget` sends new connections elsewhere."""
 
     def __init__(self, target: str) -> None:
         self.target = httpx.URL(target)
@@ -36,6 +36,11 @@ class Relay:
     def accept(self) -> None:
         self.refusing = False
 
+    def retarget(self, target: str) -> None:
+        """New connections go to ``target``; those open stay where they were (a DNS name
+        moved to another server, as a managed Redis's endpoint does on failover)."""
+        self.target = httpx.URL(target)
+
     async def close(self) -> None:
         self.cut()
         if self.server is not None:
@@ -45,7 +50,8 @@ class Relay:
         if self.refusing:
             writer.transport.abort()
             return
-        up_reader, up_writer = await asyncio.open_connection(self.target.host, self.target.port)
+        target = self.target
+        up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
         self.writers |= {writer, up_writer}
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

@@ -6,12 +6,15 @@ import asyncio
 import functools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as redis
 
 from agent_server.brokers import Broker, BrokerUnavailable, open_broker
 from agent_server.brokers.redis import RedisBroker
+from tests.faults.cluster import RedisServer
 from tests.relay import Relay
 from tests.services import REDIS, redis_prefix
 
@@ -221,6 +224,40 @@ async def test_health_comes_back_with_the_first_call_that_succeeds() -> None:
         assert broker.health.up and broker.health.steady(0)
         assert not broker.health.steady(5)  # up again only just now
         await broker.close()
+
+
+async def test_after_a_failover_writes_go_to_the_new_primary(tmp_path: Path) -> None:
+    """A managed Redis fails over by moving its endpoint's name to the promoted replica;
+    connections already open still reach the old primary, now a read-only replica. The
+    broker's writes must reach the new primary, not fail with READONLY for ever."""
+    with RedisServer(tmp_path / "one") as one, RedisServer(tmp_path / "two") as two:
+        one.start()
+        two.start()
+        primary, replica = redis.Redis(port=one.port), redis.Redis(port=two.port)
+        relay = Relay(one.url)
+        broker = RedisBroker(await relay.start(), prefix="failover")
+        try:
+            await primary.config_set("repl-diskless-sync-delay", "0")  # no 5 s wait
+            await replica.replicaof("127.0.0.1", one.port)
+            await broker.publish("r", [(1, "run_start", b"1")])
+            await broker.heartbeat("w", 6)
+            async with asyncio.timeout(10):  # the replica has caught up
+                while await replica.xlen("failover:run:r:log") != 1:
+                    await asyncio.sleep(0.05)
+
+            await replica.replicaof("NO", "ONE")  # promoted
+            await primary.replicaof("127.0.0.1", two.port)  # demoted: read-only now
+            relay.retarget(two.url)
+            await broker.publish("r", [(2, "token", b"2")])
+            await broker.heartbeat("w", 6)
+            assert broker.health.up
+            assert [seq for seq, _, _ in await broker.read("r", 0, None)] == [1, 2]
+            assert await replica.xlen("failover:run:r:log") == 2  # on the new primary
+        finally:
+            await broker.close()
+            await relay.close()
+            await primary.aclose()
+            await replica.aclose()
 
 
 async def test_rooms_and_presence(broker: Broker) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from agent_server.brokers import LOST_AFTER, BrokerHealth, BrokerUnavailable, Entry
 
@@ -89,15 +89,20 @@ return false
 """
 # What "cannot use Redis" looks like (BusyLoadingError, a restart replaying its data,
 # and MaxConnectionsError are ConnectionErrors too). A Redis at ``maxmemory`` that
-# refuses writes (OOM) is as unusable, for as long: heartbeats cannot be written either.
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError, OutOfMemoryError)
+# refuses writes (OOM) is as unusable, for as long: heartbeats cannot be written either;
+# so is a replica still answering for a failover's old primary (READONLY).
+UNREACHABLE = (
+    redis.ConnectionError, redis.TimeoutError, OSError, OutOfMemoryError, ReadOnlyError
+)  # fmt: skip
 # redis-py's own retries of a command whose connection failed: short, so an outage
 # surfaces quickly. Not of one that timed out: Redis did not answer for COMMAND_TIMEOUT,
 # which is an outage to report (and heartbeats are missed meanwhile), not to wait out.
+# A write refused as READONLY reached a primary demoted by a failover (a managed Redis
+# moves its endpoint's name to the new one): each retry connects afresh, to the new one.
 RETRY = Retry(
     ExponentialWithJitterBackoff(base=0.02, cap=0.25),
     retries=3,
-    supported_errors=(redis.ConnectionError,),
+    supported_errors=(redis.ConnectionError, ReadOnlyError),
 )
 CONNECT_TIMEOUT = 2.0
 # Seconds a command may wait for its answer: a hung or blackholed Redis must not hang the
@@ -162,7 +167,8 @@ class RedisBroker:
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         self.health.failed(exc)
-        state = "refuses writes" if isinstance(exc, OutOfMemoryError) else "is unreachable"
+        refused = isinstance(exc, OutOfMemoryError | ReadOnlyError)
+        state = "refuses writes" if refused else "is unreachable"
         return BrokerUnavailable(f"Redis {state} ({type(exc).__name__}: {exc})")
 
     def _log(self, run_id: str) -> str:
