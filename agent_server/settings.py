@@ -166,8 +166,8 @@ class Settings(BaseSettings):
     storage_wait: float = Field(
         15.0,
         gt=0,
-        description="Seconds a checkpoint or record write retries while PostgreSQL is "
-        "unreachable before the run fails with storage_unavailable.",
+        description="Seconds a checkpoint or record call retries while PostgreSQL is "
+        "unreachable, or waits while it hangs, before the run fails with storage_unavailable.",
     )
     log_json: bool = Field(False, description="Write logs as one JSON object per line.")
 

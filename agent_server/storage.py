@@ -16,6 +16,10 @@ Decisions:
 - Only connection-class failures are retried (``psycopg.OperationalError``, which
   covers a refused or reset connection, "the database system is shutting down" or
   "starting up", and the pool's own timeout); a bad query fails at once.
+- A call is also bounded in time, by the same ``storage_wait``: a database that hangs
+  (a stalled disk, a partition that drops packets) answers nothing and raises nothing,
+  and would hold the run, its thread and its slot for ever. psycopg then cancels the
+  query it was waiting for, which against a hung server takes up to 10 s more.
 - After a failure the pool checks its idle connections, so a retry does not pick the
   next connection broken by the same restart. The pool also checks each connection it
   hands out (one empty query), which keeps most calls from failing in the first place.
@@ -66,12 +70,15 @@ class StorageRetry:
         failures = 0
         while True:
             try:
-                return await operation()
-            except psycopg.OperationalError as exc:
+                # Bounded too: a database that hangs answers nothing, and raises nothing.
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    return await operation()
+            except (psycopg.OperationalError, TimeoutError) as exc:
                 now = time.monotonic()
                 if now >= deadline:
+                    detail = f"{type(exc).__name__}: {exc}" if str(exc) else "no answer"
                     raise StorageUnavailable(
-                        f"PostgreSQL unreachable for {self.wait:g} s ({type(exc).__name__}: {exc})"
+                        f"PostgreSQL unreachable for {self.wait:g} s ({detail})"
                     ) from exc
                 failures += 1
                 if failures == 1:

@@ -254,8 +254,32 @@ class PostgresCluster(Service):
     def stop(self, mode: Literal["smart", "fast", "immediate"] = "fast") -> None:
         """``fast`` disconnects clients and shuts down cleanly; ``immediate`` kills the
         server processes (crash recovery at the next start)."""
+        self.thaw()
         if self.running:
             self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "30", "stop")
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (the backends, the background workers)."""
+        pid = self._pid()
+        if pid is None:
+            return []
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [pid, *map(int, children)]
+
+    def freeze(self) -> None:
+        """SIGSTOP to every server process: PostgreSQL hangs (connections stay open and new
+        ones are accepted by the kernel, nothing is answered), as under a stalled disk or
+        a partition that drops packets; :meth:`thaw` resumes it."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if getattr(self, "frozen", False):
+            for pid in self._processes():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
+            self.frozen = False
 
     def restart(
         self, down_seconds: float = 0.0, mode: Literal["fast", "immediate"] = "fast"

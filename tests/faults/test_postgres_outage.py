@@ -1,4 +1,5 @@
-"""PostgreSQL away for longer than ``storage_wait``: runs fail clearly, then recover."""
+"""PostgreSQL away, or hung, for longer than ``storage_wait``: runs fail clearly, then
+recover."""
 
 from __future__ import annotations
 
@@ -45,4 +46,39 @@ async def test_past_storage_wait_a_run_fails_with_storage_unavailable(running: C
         f"\nPostgreSQL down past storage_wait (2 s): the run in flight ended "
         f"storage_unavailable {failed_after:.1f} s after the stop; once it was back, "
         f"runs succeeded again after (s) {recovered}"
+    )
+
+
+HANG = 16.0  # seconds: storage_wait (2) + psycopg's cancellation of the hung query (<= 10)
+
+
+async def test_a_hung_postgres_fails_runs_clearly_instead_of_hanging_them(
+    running: Cluster,
+) -> None:
+    """PostgreSQL hangs (SIGSTOP: nothing answered, connections kept): a run started
+    meanwhile ends ``storage_unavailable`` while the database still hangs, instead of
+    waiting for it for ever; once it answers again runs succeed."""
+    a, _ = running.workers
+    running.postgres.freeze()
+    hung = time.monotonic()
+    try:
+        stuck = SseFollower("during@a", a.url, body=body(tokens=20))
+        stuck.start()
+        (failed,) = await gather([stuck], timeout=HANG - 1)
+        failed_after = (failed.final_at or 0) - hung
+    finally:
+        running.postgres.thaw()
+    assert_complete(failed, ends={"storage_unavailable"})
+    assert "PostgreSQL unreachable for 2 s" in str(failed.final)
+    thawed = time.monotonic()
+    while True:
+        (recording,) = await gather([SseFollower("after", a.url, body=body())], 30)
+        if recording.outcome != "storage_unavailable":
+            break
+        assert time.monotonic() - thawed < 30, "storage never recovered"
+    assert_complete(recording, ends={"done"})
+    print(
+        f"\nPostgreSQL hung: a run started during it ended storage_unavailable "
+        f"{failed_after:.1f} s in; after it, runs succeeded again within "
+        f"{time.monotonic() - thawed:.1f} s"
     )
