@@ -10,12 +10,25 @@ import pytest
 
 from tests.faults.checks import assert_complete
 from tests.faults.clients import SseFollower, gather
-from tests.faults.cluster import Cluster
+from tests.faults.cluster import Cluster, Worker
 from tests.faults.scenarios import body, seq_reached
 
 pytestmark = pytest.mark.slow
 
 CLUSTER_SETTINGS = {"AGENT_SERVER_STORAGE_WAIT": "2"}
+
+
+async def succeeds_again(worker: Worker, since: float) -> float:
+    """Seconds after ``since`` until a run on ``worker`` succeeds: the pool reconnects by
+    itself (psycopg_pool, with its own backoff), and a client retries a run that
+    failed meanwhile."""
+    while True:
+        (recording,) = await gather([SseFollower("after", worker.url, body=body())], 30)
+        if recording.outcome != "storage_unavailable":
+            break
+        assert time.monotonic() - since < 30, "storage never recovered"
+    assert_complete(recording, ends={"done"})
+    return round(time.monotonic() - since, 1)
 
 
 async def test_past_storage_wait_a_run_fails_with_storage_unavailable(running: Cluster) -> None:
@@ -31,17 +44,7 @@ async def test_past_storage_wait_a_run_fails_with_storage_unavailable(running: C
     assert "PostgreSQL unreachable for 2 s" in str(failed.final)
     await asyncio.to_thread(running.postgres.start)
     restarted = time.monotonic()
-    # The pool reconnects by itself (psycopg_pool, with its own backoff); a client
-    # retries a run that failed meanwhile.
-    recovered: dict[str, float] = {}
-    for worker in (a, b):
-        while True:
-            (recording,) = await gather([SseFollower("after", worker.url, body=body())], 30)
-            if recording.outcome != "storage_unavailable":
-                break
-            assert time.monotonic() - restarted < 30, "storage never recovered"
-        assert_complete(recording, ends={"done"})
-        recovered[worker.name] = round(time.monotonic() - restarted, 1)
+    recovered = {worker.name: await succeeds_again(worker, restarted) for worker in (a, b)}
     print(
         f"\nPostgreSQL down past storage_wait (2 s): the run in flight ended "
         f"storage_unavailable {failed_after:.1f} s after the stop; once it was back, "
@@ -70,15 +73,8 @@ async def test_a_hung_postgres_fails_runs_clearly_instead_of_hanging_them(
         running.postgres.thaw()
     assert_complete(failed, ends={"storage_unavailable"})
     assert "PostgreSQL unreachable for 2 s" in str(failed.final)
-    thawed = time.monotonic()
-    while True:
-        (recording,) = await gather([SseFollower("after", a.url, body=body())], 30)
-        if recording.outcome != "storage_unavailable":
-            break
-        assert time.monotonic() - thawed < 30, "storage never recovered"
-    assert_complete(recording, ends={"done"})
+    recovered = await succeeds_again(a, time.monotonic())
     print(
         f"\nPostgreSQL hung: a run started during it ended storage_unavailable "
-        f"{failed_after:.1f} s in; after it, runs succeeded again within "
-        f"{time.monotonic() - thawed:.1f} s"
+        f"{failed_after:.1f} s in; after it, runs succeeded again within {recovered} s"
     )
