@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from agent_server.brokers import Broker, BrokerUnavailable, open_broker
+from agent_server.brokers import LOST_AFTER, Broker, BrokerUnavailable, open_broker, worker_lost
 from agent_server.brokers.redis import RedisBroker
 from tests.faults.cluster import RedisServer
 from tests.relay import Relay
@@ -313,8 +313,6 @@ async def test_heartbeats_are_judged_only_once_redis_has_held_them_a_lifetime() 
     """A Redis restarted empty holds nobody's heartbeat until each worker's next beat, and
     a restart within redis-py's retries breaks no call: a worker must not be judged lost
     until Redis has held heartbeats for longer than one lives (LOST_AFTER)."""
-    import redis.asyncio as redis
-
     with redis_prefix() as (url, prefix):
         broker = open_broker(url, prefix=prefix)
         direct = redis.Redis.from_url(url)
@@ -333,3 +331,32 @@ async def test_heartbeats_are_judged_only_once_redis_has_held_them_a_lifetime() 
         finally:
             await direct.aclose()
             await broker.close()
+
+
+async def test_a_judgement_made_across_a_redis_hang_finds_nobody_lost(tmp_path: Path) -> None:
+    """Redis hangs for less than a command may wait (no call fails, so ``health`` sees no
+    outage) but longer than is left of a worker's heartbeat: the worker's next beat waits
+    in Redis's queue beside the judge's question, in no set order. A judgement that took
+    that long is no judgement; one made once Redis answers promptly again is."""
+    with RedisServer(tmp_path / "redis") as server:
+        server.start()
+        judge, worker = RedisBroker(server.url, prefix="j"), RedisBroker(server.url, prefix="j")
+        direct = redis.Redis(port=server.port)
+        try:
+            await worker.heartbeat("w", 1)
+            seconds, _ = await direct.time()
+            await direct.set("j:heartbeats-since", seconds - 10)  # held heartbeats long since
+            judge.health.since -= LOST_AFTER  # and the judge has reached Redis as long
+            assert not await worker_lost(judge, "w")
+            server.freeze()
+            try:
+                judging = asyncio.create_task(worker_lost(judge, "w"))
+                await asyncio.sleep(1.5)  # the heartbeat expires meanwhile
+            finally:
+                server.thaw()
+            assert not await judging
+            assert await worker_lost(judge, "w")  # it did not beat again: gone
+        finally:
+            await direct.aclose()
+            for broker in (judge, worker):
+                await broker.close()

@@ -74,10 +74,23 @@ class BrokerHealth:
 LOST_AFTER = 6.0
 
 
+# A judgement slower than this was made by a broker that hung meanwhile.
+PROMPT = 1.0
+
+
 async def worker_lost(broker: Broker, worker: str) -> bool:
     """Has ``worker`` stopped? Only judged once this worker has reached the broker for
-    longer than a heartbeat lives (see :class:`BrokerHealth`); until then, no."""
-    return broker.health.steady(LOST_AFTER) and not await broker.is_alive(worker)
+    longer than a heartbeat lives (see :class:`BrokerHealth`); until then, no.
+
+    Nor by a question the broker took longer than ``PROMPT`` to answer: it hung for
+    that long, maybe too briefly for any call to fail (so ``health`` saw nothing), and
+    the worker's next beat then waited in its queue beside the question, in no set
+    order. The next prompt answer judges."""
+    if not broker.health.steady(LOST_AFTER):
+        return False
+    asked = time.monotonic()
+    alive = await broker.is_alive(worker)
+    return not alive and time.monotonic() - asked < PROMPT
 
 
 class Broker(Protocol):
