@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as redis
 
 from agent_server.brokers import LOST_AFTER, Broker, BrokerUnavailable, open_broker, worker_lost
+from agent_server.brokers import redis as redis_broker
 from agent_server.brokers.redis import RedisBroker
 from tests.faults.cluster import RedisServer
 from tests.relay import Relay
@@ -360,3 +361,52 @@ async def test_a_judgement_made_across_a_redis_hang_finds_nobody_lost(tmp_path: 
             await direct.aclose()
             for broker in (judge, worker):
                 await broker.close()
+
+
+async def test_a_listener_whose_connection_went_silent_subscribes_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A NAT or load balancer between a worker and Redis forgets an idle connection: it
+    stays open, and nothing sent on it arrives any more, a cancel request included.
+    The listener pings an idle subscription, ends as an outage when nothing answers,
+    and the listener that replaces it (the supervisor's) hears the next request."""
+    monkeypatch.setattr(redis_broker, "LISTEN_PING", 0.3)
+    monkeypatch.setattr(redis_broker, "PONG_WAIT", 0.5)
+    with redis_prefix() as (url, prefix):
+        relay = Relay(url)
+        broker = RedisBroker(await relay.start(), prefix=prefix)
+        direct = RedisBroker(url, prefix=prefix)
+        try:
+            heard: list[str] = []
+            ready = asyncio.Event()
+
+            async def listen() -> None:
+                async for run_id in broker.cancel_requests(subscribed=ready_now):
+                    heard.append(run_id)
+
+            async def ready_now() -> None:
+                ready.set()
+
+            listener = asyncio.create_task(listen())
+            await asyncio.wait_for(ready.wait(), 5)
+            await asyncio.sleep(1.0)  # idle past LISTEN_PING: pinged, and answered
+            assert not listener.done()
+            relay.stall()
+            await direct.request_cancel("lost-in-the-silence")
+            with pytest.raises(BrokerUnavailable, match="no answer to a ping"):
+                await asyncio.wait_for(listener, 5)
+            assert heard == []
+
+            ready.clear()
+            listener = asyncio.create_task(listen())
+            await asyncio.wait_for(ready.wait(), 5)
+            await direct.request_cancel("r2")
+            async with asyncio.timeout(5):
+                while heard != ["r2"]:
+                    await asyncio.sleep(0.02)
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        finally:
+            await relay.close()
+            for each in (broker, direct):
+                await each.close()

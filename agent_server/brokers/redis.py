@@ -113,6 +113,11 @@ DUPLICATE = "equal or smaller than the target stream top item"
 
 # Seconds a listener waits for a message before it looks whether it reconnected.
 RECONNECT_CHECK = 1.0
+# A listener that heard nothing for LISTEN_PING seconds pings; with no answer within
+# PONG_WAIT its connection is dead though open (a NAT or load balancer that forgot an
+# idle connection, a partition that drops packets): redis-py would wait on it for ever.
+LISTEN_PING = 10.0
+PONG_WAIT = COMMAND_TIMEOUT
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -269,7 +274,9 @@ class RedisBroker:
         subscription is in place (anything published from then on is received), and
         again after each reconnection: redis-py reconnects and resubscribes by itself
         within its retries, so a quick Redis restart raised nothing, and what was
-        published meanwhile, or what the restart lost, went unnoticed."""
+        published meanwhile, or what the restart lost, went unnoticed. An idle
+        subscription is pinged (see ``LISTEN_PING``): one whose connection went silent
+        raises :class:`BrokerUnavailable`, and its caller subscribes again."""
         pubsub = self.client.pubsub()
         connects = Connects()
         try:
@@ -283,11 +290,20 @@ class RedisBroker:
             seen = connects.count
             if subscribed is not None:
                 await subscribed()
+            heard, pinged = time.monotonic(), 0.0
             while True:
                 try:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=RECONNECT_CHECK
                     )
+                    now = time.monotonic()
+                    if message is not None:  # a message or a pong: the connection lives
+                        heard, pinged = now, 0.0
+                    elif pinged and now - pinged > PONG_WAIT:
+                        raise redis.TimeoutError("no answer to a ping on a pub/sub connection")
+                    elif not pinged and now - heard > LISTEN_PING:
+                        await pubsub.ping()
+                        pinged = now
                 except UNREACHABLE as exc:
                     raise self._unavailable(exc) from exc
                 if connects.count != seen:  # resubscribed (redis-py's on_connect ran first)
