@@ -108,12 +108,13 @@ def strict_server() -> Iterator[str]:
 
 
 FLOOD = {"count": 400, "size": 32_000, "interval": 0.005}  # 2 s, 13 MB
+DROPPED = "agent_server_subscribers_dropped_slow_total"
 SMALL_BUFFER = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)]  # a stall soon blocks the server
 
 
 async def test_join_resumes_after_a_slow_consumer_is_dropped(strict_server: str) -> None:
     """A consumer stalls: the server drops it as too slow, the client resumes, nothing lost."""
-    dropped = metric(strict_server, "agent_server_subscribers_dropped_slow_total")
+    dropped = metric(strict_server, DROPPED)
     run_id = start(strict_server, FLOOD)
     seqs = []
     transport = httpx.AsyncHTTPTransport(socket_options=SMALL_BUFFER)
@@ -122,12 +123,12 @@ async def test_join_resumes_after_a_slow_consumer_is_dropped(strict_server: str)
             seqs.append(frame.seq)
             if len(seqs) == 1:
                 await asyncio.sleep(1.0)  # the run writes 200 frames meanwhile
-    assert metric(strict_server, "agent_server_subscribers_dropped_slow_total") == dropped + 1
+    assert metric(strict_server, DROPPED) > dropped  # more than once on a loaded machine
     assert seqs == list(range(1, FLOOD["count"] + 3))  # run_start, the chunks, done
 
 
 def test_sync_join_resumes_after_a_slow_consumer_is_dropped(strict_server: str) -> None:
-    dropped = metric(strict_server, "agent_server_subscribers_dropped_slow_total")
+    dropped = metric(strict_server, DROPPED)
     run_id = start(strict_server, FLOOD)
     seqs = []
     transport = httpx.HTTPTransport(socket_options=SMALL_BUFFER)
@@ -136,7 +137,7 @@ def test_sync_join_resumes_after_a_slow_consumer_is_dropped(strict_server: str) 
             seqs.append(frame.seq)
             if len(seqs) == 1:
                 time.sleep(1.0)
-    assert metric(strict_server, "agent_server_subscribers_dropped_slow_total") == dropped + 1
+    assert metric(strict_server, DROPPED) > dropped  # more than once on a loaded machine
     assert seqs == list(range(1, FLOOD["count"] + 3))
 
 
