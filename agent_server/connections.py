@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Container, Iterable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +33,7 @@ import orjson
 from agent_server.auth import User
 from agent_server.brokers import Broker, BrokerUnavailable, worker_lost
 from agent_server.frames import dumps
+from agent_server.supervise import cancel_all
 from agent_server.ws_protocol import SharedFrames
 
 if TYPE_CHECKING:
@@ -112,15 +113,6 @@ def spawn_into(
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     return task
-
-
-async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel the tasks (:func:`spawn_into`'s, when their owner goes) and wait for them."""
-    pending = [task for task in tasks if not task.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def share(send_shared: SendShared, shared: SharedFrames) -> bool:

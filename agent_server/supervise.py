@@ -19,13 +19,23 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from agent_server.brokers import BrokerUnavailable
 
 logger = logging.getLogger("agent_server.supervise")
 
 Job = Callable[[], Awaitable[None]]
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks not done yet and wait for them to end (an owner going away)."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def backoff(failures: int, base: float, cap: float) -> float:
@@ -72,8 +82,5 @@ class Supervisor:
             await asyncio.sleep(backoff(failures, base, cap))
 
     async def close(self) -> None:
-        tasks = list(self.tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(self.tasks.values())
         self.tasks.clear()

@@ -31,7 +31,7 @@ from agent_server.records import NoRecords, RunRecords
 from agent_server.runs.remote import Mirrors, RemoteRun, ShuttingDown
 from agent_server.runs.run import FINISHED, Run, RunStatus
 from agent_server.sources import EventSource
-from agent_server.supervise import backoff
+from agent_server.supervise import backoff, cancel_all
 
 logger = logging.getLogger("agent_server.runs")
 
@@ -635,10 +635,7 @@ class RunManager:
                     async with asyncio.timeout(self.PUBLISH_FLUSH):
                         await asyncio.gather(*unpublished)
         self.mirrors.close(ShuttingDown("this worker is shutting down; resume elsewhere"))
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
 
 
 def published_record(run: Run, published: int) -> dict[str, str]:

@@ -41,6 +41,7 @@ from agent_server.frames import TERMINAL_TYPES
 from agent_server.runs import RemoteRun, Run
 from agent_server.state import AppState
 from agent_server.streams import Streams
+from agent_server.supervise import cancel_all
 from agent_server.ws import CLOSE_SLOW, Close, Session
 
 logger = logging.getLogger("agent_server.contrib.django")
@@ -105,10 +106,7 @@ class GroupPublisher:
         pending = [task for task in self.tasks if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_all(pending)
 
 
 class GroupSession(Session):
